@@ -1,0 +1,1 @@
+"""Sample downstream services for trying the gateway out."""

@@ -1,0 +1,107 @@
+"""Time, budgets and the per-request context.
+
+Rules:
+- Every time-dependent decision reads a ``Clock``; nothing else calls ``time`` directly,
+  so tests step a ``ManualClock`` instead of sleeping.
+- A request has one root ``Deadline``. Children take what is left of it, capped by their
+  own timeout; a deadline only ever shrinks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .pipeline import CompiledRoute
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float:
+        """Seconds on a monotonic scale: budgets, windows, cool-downs."""
+
+    def wall(self) -> float:
+        """Seconds since the epoch: token expiry, HTTP dates."""
+
+
+class SystemClock:
+    """The real clock.
+
+    ``monotonic`` is ``time.monotonic`` (the stdlib loop's own clock), not
+    ``loop.time()``: uvloop's loop time has millisecond resolution, too coarse to
+    show where a 50 ms budget went. Timers are armed with relative delays
+    (``Deadline.remaining()``), so the two scales never need to agree.
+    """
+
+    __slots__ = ()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+
+class ManualClock:
+    """A clock that moves only when told to: for tests and simulations."""
+
+    __slots__ = ("_monotonic", "_wall")
+
+    def __init__(self, monotonic: float = 1000.0, wall: float = 1_700_000_000.0) -> None:
+        self._monotonic = monotonic
+        self._wall = wall
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def wall(self) -> float:
+        return self._wall
+
+    def advance(self, seconds: float) -> None:
+        self._monotonic += seconds
+        self._wall += seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A point in time on ``clock.monotonic()``'s scale by which work must be done."""
+
+    at: float
+    clock: Clock
+
+    @classmethod
+    def after(cls, seconds: float, clock: Clock) -> Deadline:
+        return cls(clock.monotonic() + seconds, clock)
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - self.clock.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return self.clock.monotonic() >= self.at
+
+    def cap(self, seconds: float) -> Deadline:
+        """A child deadline: ``seconds`` from now, but never later than this one."""
+        return Deadline(min(self.at, self.clock.monotonic() + seconds), self.clock)
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the gateway knows about one request while it is being answered."""
+
+    request: web.BaseRequest
+    route: CompiledRoute
+    params: dict[str, str]
+    path: str
+    request_id: str
+    deadline: Deadline
+    started: float
+    # One entry per upstream call: (name, seconds, outcome). Read by Server-Timing and
+    # the access log; appended to by the upstream layer.
+    timings: list[tuple[str, float, str]] = field(default_factory=list)
+    # Seconds spent waiting on upstreams (the longest concurrent span), so the
+    # gateway's own time can be told apart from its upstreams'.
+    upstream_wait: float = 0.0

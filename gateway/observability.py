@@ -1,0 +1,164 @@
+"""What the gateway tells about each request: request ids, Server-Timing, the access log.
+
+The access log is written by a background thread: the request path only appends a
+tuple to a queue (a few hundred nanoseconds), and serialisation and the write to
+stdout happen off the event loop, so a slow terminal or a full pipe never delays a
+response.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import re
+import sys
+import threading
+from typing import IO, Any
+
+import orjson
+from aiohttp import web
+
+from .context import RequestContext
+
+SERVER_NAME = "gateway"
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestIds:
+    """Ids that are unique per process without a syscall per request: a random
+    per-process prefix and a counter."""
+
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._counter = itertools.count(1)
+
+    def take(self, offered: str | None) -> str:
+        if offered is not None and _SANE_REQUEST_ID.match(offered):
+            return offered
+        return f"{self._prefix}-{next(self._counter):08x}"
+
+
+def server_timing(ctx: RequestContext, total: float) -> str:
+    """One entry per upstream call (name, duration, outcome) plus the gateway's own time.
+
+    ``gateway`` is the time not spent waiting for upstreams: routing, policies,
+    assembly and encoding. Durations are milliseconds (RFC: ``dur``).
+    """
+    parts = [
+        f'{name};dur={seconds * 1000:.1f};desc="{outcome}"'
+        for name, seconds, outcome in ctx.timings
+    ]
+    own = max(0.0, total - ctx.upstream_wait)
+    parts.append(f"gateway;dur={own * 1000:.1f}")
+    parts.append(f"total;dur={total * 1000:.1f}")
+    return ", ".join(parts)
+
+
+_STOP = object()
+
+
+class AccessLog:
+    """JSON lines, one per request, written off the event loop."""
+
+    def __init__(self, stream: IO[bytes] | None) -> None:
+        self._stream = stream
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        if stream is not None:
+            self._thread = threading.Thread(target=self._drain, name="access-log", daemon=True)
+            self._thread.start()
+
+    @classmethod
+    def open(cls, target: str) -> AccessLog:
+        if target == "off":
+            return cls(None)
+        if target == "stdout":
+            return cls(sys.stdout.buffer)
+        return cls(open(target, "ab"))
+
+    @property
+    def enabled(self) -> bool:
+        return self._stream is not None
+
+    def record(
+        self,
+        wall: float,
+        request_id: str,
+        method: str,
+        path: str,
+        route: str | None,
+        status: int,
+        duration: float,
+        timings: list[tuple[str, float, str]] | None,
+    ) -> None:
+        if self._stream is not None:
+            self._queue.put((wall, request_id, method, path, route, status, duration, timings))
+
+    def _drain(self) -> None:
+        stream = self._stream
+        assert stream is not None
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            # Batch whatever else is waiting into one write.
+            while len(batch) < 512:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            lines = []
+            stop = False
+            for entry in batch:
+                if entry is _STOP:
+                    stop = True
+                    continue
+                lines.append(_encode(entry))
+            if lines:
+                try:
+                    stream.write(b"".join(lines))
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass  # a closed stdout must not take the gateway down
+            if stop:
+                return
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout=2.0)
+            self._thread = None
+            if self._stream is not None and self._stream is not sys.stdout.buffer:
+                self._stream.close()
+
+
+def _encode(entry: tuple[Any, ...]) -> bytes:
+    wall, request_id, method, path, route, status, duration, timings = entry
+    record: dict[str, Any] = {
+        "ts": round(wall, 3),
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "route": route,
+        "status": status,
+        "duration_ms": round(duration * 1000, 3),
+    }
+    if timings:
+        record["upstreams"] = [
+            {"name": name, "duration_ms": round(seconds * 1000, 3), "outcome": outcome}
+            for name, seconds, outcome in timings
+        ]
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def stamp_response(ctx: RequestContext, response: web.StreamResponse) -> None:
+    """Add ``X-Request-Id`` and ``Server-Timing``. Call before ``prepare()``."""
+    headers = response.headers
+    headers["X-Request-Id"] = ctx.request_id
+    if "Server" not in headers:
+        # Otherwise aiohttp announces its own and Python's versions.
+        headers["Server"] = SERVER_NAME
+    total = ctx.deadline.clock.monotonic() - ctx.started
+    headers["Server-Timing"] = server_timing(ctx, total)

@@ -1,0 +1,157 @@
+"""Config -> Runtime: compiled routes, handler chains and upstream pools, built whole.
+
+A Runtime is immutable once built. A reload builds a new one and swaps it in with one
+reference assignment; requests already running keep the Runtime they started on, and
+the old Runtime's pools are released only after its last request has finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from .config.loader import LoadedConfig
+from .config.model import GatewayConfig, HealthSpec, PoolSpec, RouteSpec
+from .pipeline import CompiledRoute, Handler, build_chain
+from .routing import Router, compile_template
+from .upstream.assemble import make_part
+from .upstream.fanout import Backend, FanoutHandler
+from .upstream.pool import PoolKey, PoolRegistry, UpstreamPool
+from .upstream.proxy import ProxyHandler, ProxySettings
+from .upstream.urls import UrlTemplate
+
+#: Response bodies up to this size (with a declared length) are read whole before the
+#: response starts, so a truncated body is still a clean 502.
+BUFFER_LIMIT = 64 * 1024
+
+
+@dataclass(slots=True)
+class Runtime:
+    config: GatewayConfig
+    files: tuple[str, ...]
+    router: Router[CompiledRoute]
+    routes: tuple[CompiledRoute, ...]
+    pool_keys: list[PoolKey]
+    #: Requests currently being answered on this Runtime; it is retired at zero.
+    in_flight: int = 0
+
+
+async def build_runtime(loaded: LoadedConfig, registry: PoolRegistry) -> Runtime:
+    """Build every route of ``loaded``. Runs on the event loop (it opens sessions)."""
+    config = loaded.config
+    builder = _Builder(config, registry)
+    router: Router[CompiledRoute] = Router()
+    routes = []
+    try:
+        for spec in config.routes:
+            route = builder.compile(spec)
+            router.add(compile_template(spec.path), spec.methods, route)
+            routes.append(route)
+    except BaseException:
+        # Leave the registry as it was: a failed build must not leak pools.
+        await registry.release(builder.keys)
+        raise
+    return Runtime(
+        config=config,
+        files=tuple(str(path) for path in loaded.files),
+        router=router,
+        routes=tuple(routes),
+        pool_keys=builder.keys,
+    )
+
+
+class _Builder:
+    def __init__(self, config: GatewayConfig, registry: PoolRegistry) -> None:
+        self.config = config
+        self.registry = registry
+        self.keys: list[PoolKey] = []
+        server = config.server
+        self.settings = ProxySettings(
+            via=server.via,
+            trust_forwarded=server.trust_forwarded,
+            max_body_size=server.limits.max_body_size,
+            buffer_limit=BUFFER_LIMIT,
+        )
+
+    def compile(self, spec: RouteSpec) -> CompiledRoute:
+        name = spec.name or f"{'|'.join(spec.methods)} {spec.path}"
+        template = compile_template(spec.path)
+        tails = frozenset({template.tail}) if template.tail else frozenset()
+        terminal: Handler
+        if spec.proxy is not None:
+            proxy = spec.proxy
+            if proxy.upstream is not None:
+                upstream = self.config.upstreams[proxy.upstream]
+                pool = self._pool(
+                    PoolKey(proxy.upstream, tuple(upstream.targets), upstream.pool, upstream.health)
+                )
+                prefix, host_mode = "", upstream.host_header
+            else:
+                assert proxy.url is not None
+                origin, prefix = _split_url(proxy.url)
+                # A prefix joins the request path, which brings its own leading '/'.
+                prefix = prefix.rstrip("/")
+                pool = self._pool(PoolKey(origin, (origin,), PoolSpec(), HealthSpec()))
+                host_mode = "target"
+            terminal = ProxyHandler(
+                pool=pool,
+                prefix=prefix,
+                path=UrlTemplate.compile(proxy.path, tails) if proxy.path is not None else None,
+                timeout=proxy.timeout,
+                host_mode=host_mode,
+                settings=self.settings,
+                timing_name=proxy.upstream or "upstream",
+            )
+            kind: Literal["proxy", "fanout"] = "proxy"
+            budget = proxy.timeout
+        else:
+            fanout = spec.fanout
+            assert fanout is not None
+            backends = []
+            parts = []
+            for backend_name, backend in fanout.backends.items():
+                origin, rest = _split_url(backend.url)
+                pool = self._pool(PoolKey(origin, (origin,), PoolSpec(), HealthSpec()))
+                backends.append(
+                    Backend(
+                        name=backend_name,
+                        pool=pool,
+                        url=UrlTemplate.compile(rest or "/", tails),
+                        method=backend.method,
+                        timeout=backend.timeout if backend.timeout is not None else fanout.budget,
+                    )
+                )
+                parts.append(
+                    make_part(
+                        backend_name, backend.required, backend.fallback, backend.has_fallback
+                    )
+                )
+            terminal = FanoutHandler(
+                backends=backends, parts=parts, partial_in_body=fanout.partial_in_body
+            )
+            kind = "fanout"
+            budget = fanout.budget
+        return CompiledRoute(
+            name=name,
+            path=spec.path,
+            methods=tuple(spec.methods),
+            kind=kind,
+            budget=budget,
+            handler=build_chain([], terminal),
+        )
+
+    def _pool(self, key: PoolKey) -> UpstreamPool:
+        pool = self.registry.acquire(key)
+        self.keys.append(key)
+        return pool
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """``http://h:1/a/b?c`` -> (``http://h:1``, ``/a/b?c``)."""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    rest = url[len(origin) :]
+    if rest and not rest.startswith(("/", "?")):
+        rest = "/" + rest
+    return origin, rest

@@ -1,0 +1,70 @@
+"""Serving until told to stop: signals, the config watcher, and a clean drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from .config.loader import LoadedConfig
+from .reload import install_reload_signal, watch_config
+from .server import Gateway
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on the first SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def until_stop_signal(work: Coroutine[Any, Any, None]) -> int:
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(wait_for_stop_signal())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for pending in (task, stopper):
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+    return 0
+
+
+async def serve(loaded: LoadedConfig, on_ready: Callable[[Gateway], None] | None = None) -> int:
+    """Run a gateway until SIGINT/SIGTERM, reloading on file change and SIGHUP."""
+    gateway = Gateway(loaded)
+    await gateway.start()
+    listen = loaded.config.server.listen
+    print(
+        f"gateway listening on http://{listen.host}:{gateway.port} "
+        f"({len(gateway.runtime.routes)} routes from {Path(loaded.files[0]).name})",
+        file=sys.stderr,
+        flush=True,
+    )
+    if on_ready is not None:
+        on_ready(gateway)
+    install_reload_signal(gateway)
+    stop_watching = asyncio.Event()
+    watcher = None
+    if loaded.config.server.watch:
+        watcher = asyncio.ensure_future(watch_config(gateway, stop_watching))
+    try:
+        await wait_for_stop_signal()
+    finally:
+        print("gateway: draining in-flight requests...", file=sys.stderr, flush=True)
+        stop_watching.set()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await gateway.stop()
+    return 0

@@ -1,0 +1,233 @@
+"""The listener: one aiohttp low-level server, the request entry point, and lifecycle.
+
+The low-level ``web.Server`` is used instead of ``web.Application``: the gateway has
+its own router, so aiohttp's would only add a second lookup per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import LineTooLong
+
+from .config.errors import ConfigError
+from .config.loader import LoadedConfig, load_config
+from .context import Clock, Deadline, RequestContext, SystemClock
+from .errors import GatewayError, HeadersTooLarge, problem_body, problem_response
+from .observability import SERVER_NAME, AccessLog, RequestIds, stamp_response
+from .paths import normalise_path
+from .runtime import Runtime, build_runtime
+from .upstream.headers import BUDGET_HEADER
+from .upstream.pool import PoolRegistry
+
+log = logging.getLogger("gateway")
+
+
+class _ProblemRequestHandler(web_protocol.RequestHandler):
+    """aiohttp answers requests it cannot parse itself; make those answers problem+json
+    like every other error (431 for oversized header lines, 400 otherwise)."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        if status == 500 and exc is not None:
+            log.error("unhandled error", exc_info=exc)
+        if isinstance(exc, LineTooLong):
+            status, title, slug = 431, HeadersTooLarge.title, HeadersTooLarge.slug
+            detail = "a request header line is larger than this gateway accepts"
+        elif status == 400:
+            title, slug, detail = "Bad request", "bad-request", "the request could not be parsed"
+        else:
+            title, slug, detail = "Internal gateway error", "internal", "unexpected error"
+        response = web.Response(
+            status=status,
+            body=problem_body(status, title, slug, detail, None),
+            content_type="application/problem+json",
+        )
+        response.headers["Server"] = SERVER_NAME
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class Gateway:
+    """One gateway process: a listener, the current Runtime, and reloads."""
+
+    def __init__(self, loaded: LoadedConfig, *, clock: Clock | None = None) -> None:
+        self._loaded = loaded
+        self.config_path = loaded.files[0]
+        self.clock: Clock = clock or SystemClock()
+        self._registry = PoolRegistry(self.clock)
+        self._ids = RequestIds()
+        self._access_log = AccessLog.open(loaded.config.server.access_log)
+        self._runner: web.ServerRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
+        self.runtime: Runtime
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.last_reload_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.runtime = await build_runtime(self._loaded, self._registry)
+        server_spec = self._loaded.config.server
+        limits = server_spec.limits
+        server = _Server(
+            self._handle,
+            handler_cancellation=True,
+            access_log=None,
+            auto_decompress=False,
+            max_line_size=limits.max_request_line,
+            max_field_size=limits.max_header_size,
+            max_headers=limits.max_headers,
+        )
+        self._runner = web.ServerRunner(server, shutdown_timeout=server_spec.shutdown_timeout)
+        await self._runner.setup()
+        self._site = web.TCPSite(
+            self._runner, server_spec.listen.host, server_spec.listen.port, backlog=1024
+        )
+        await self._site.start()
+
+    @property
+    def port(self) -> int:
+        assert self._runner is not None
+        address: Any = self._runner.addresses[0]
+        return int(address[1])
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), close pools."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for task in list(self._retiring):
+            task.cancel()
+        await self._registry.close()
+        self._access_log.close()
+
+    # -- reload ------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Load the config files again; keep the running config if they are broken."""
+        async with self._reload_lock:
+            try:
+                loaded = await asyncio.to_thread(load_config, self.config_path)
+                runtime = await build_runtime(loaded, self._registry)
+            except ConfigError as exc:
+                return self._refuse_reload(str(exc))
+            except Exception as exc:
+                # A config that validates but cannot be built is a bug of ours; it must
+                # still never take down the config that is serving.
+                log.exception("config reload failed while building routes")
+                return self._refuse_reload(f"{type(exc).__name__}: {exc}")
+            old, self.runtime = self.runtime, runtime
+            self._loaded = loaded
+            self.reloads_ok += 1
+            self.last_reload_error = None
+            if loaded.config.server != old.config.server:
+                log.warning("changes under `server:` take effect at the next restart")
+            log.info("config reloaded: %d routes", len(runtime.routes))
+            task = asyncio.get_running_loop().create_task(self._retire(old))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+            return True
+
+    def _refuse_reload(self, error: str) -> bool:
+        self.reloads_failed += 1
+        self.last_reload_error = error
+        log.error("config reload refused; still serving the previous config:\n%s", error)
+        return False
+
+    @property
+    def watched_files(self) -> tuple[str, ...]:
+        return self.runtime.files
+
+    async def _retire(self, old: Runtime) -> None:
+        deadline = Deadline.after(self._loaded.config.server.shutdown_timeout, self.clock)
+        # Polled rather than signalled: the request path then pays nothing for it.
+        while old.in_flight and not deadline.expired:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        await self._registry.release(old.pool_keys)
+
+    # -- the request path ----------------------------------------------------------
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        runtime = self.runtime
+        runtime.in_flight += 1
+        clock = self.clock
+        started = clock.monotonic()
+        request_id = self._ids.take(request.headers.get("X-Request-Id"))
+        path, _, _ = request.raw_path.partition("?")
+        route_name: str | None = None
+        ctx: RequestContext | None = None
+        try:
+            path = normalise_path(path)
+            route, params = runtime.router.match(request.method, path)
+            route_name = route.name
+            budget = route.budget
+            asked = request.headers.get(BUDGET_HEADER)
+            if asked is not None:
+                budget = _shortened(budget, asked)
+            ctx = RequestContext(
+                request=request,
+                route=route,
+                params=params,
+                path=path,
+                request_id=request_id,
+                deadline=Deadline(started + budget, clock),
+                started=started,
+            )
+            response = await route.handler(ctx)
+        except GatewayError as error:
+            response = problem_response(error, request_id)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, path)
+            response = web.Response(
+                status=500,
+                body=problem_body(
+                    500, "Internal gateway error", "internal", "unexpected error", request_id
+                ),
+                content_type="application/problem+json",
+            )
+        finally:
+            runtime.in_flight -= 1
+        if not response.prepared:
+            if ctx is None:
+                response.headers["X-Request-Id"] = request_id
+                response.headers["Server"] = SERVER_NAME
+            else:
+                stamp_response(ctx, response)
+        if self._access_log.enabled:
+            self._access_log.record(
+                clock.wall(),
+                request_id,
+                request.method,
+                path,
+                route_name,
+                response.status,
+                clock.monotonic() - started,
+                ctx.timings if ctx is not None else None,
+            )
+        return response
+
+
+def _shortened(budget: float, asked: str) -> float:
+    """A client may shorten its budget with ``Gateway-Budget-Ms``, never lengthen it."""
+    if asked.isdigit() and len(asked) <= 9:
+        return min(budget, int(asked) / 1000)
+    return budget

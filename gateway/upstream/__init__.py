@@ -1,0 +1,1 @@
+"""Calling upstreams: pools, the streaming proxy, and deadline-budgeted fan-out."""

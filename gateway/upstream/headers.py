@@ -1,0 +1,128 @@
+"""Which headers cross the gateway, in each direction.
+
+- Hop-by-hop headers (RFC 9110 section 7.6.1) never cross, nor any header the
+  ``Connection`` header names.
+- Identity headers the gateway sets for upstreams are removed from the client's request
+  first, so a client can never forge them.
+- ``Via`` is extended, and ``X-Forwarded-For``/``-Proto``/``-Host`` and ``Forwarded``
+  describe the client as the gateway saw it. A client's own forwarding headers are kept
+  only when ``server.trust_forwarded`` says the gateway sits behind a trusted proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+#: Headers only the gateway may send upstream.
+IDENTITY_HEADERS = frozenset(
+    {
+        "x-consumer-id",
+        "x-consumer-plan",
+        "x-consumer-scopes",
+        "x-credential-kind",
+        "x-authenticated-userid",
+    }
+)
+
+#: Headers the gateway writes itself on the way up.
+_REWRITTEN_UP = frozenset({"host", "expect", "content-length", "x-request-id"})
+_FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"})
+
+BUDGET_HEADER = "Gateway-Budget-Ms"
+
+_DROP_UP = HOP_BY_HOP | IDENTITY_HEADERS | _REWRITTEN_UP | {BUDGET_HEADER.lower()}
+_DROP_UP_UNTRUSTED = _DROP_UP | _FORWARDING
+#: Our framing replaces the upstream's: aiohttp writes Content-Length or chunking.
+_DROP_DOWN = HOP_BY_HOP | {"content-length"}
+
+
+def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
+    value = headers.get("Connection")
+    if not value:
+        return frozenset()
+    return frozenset(token.strip().lower() for token in value.split(","))
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    trust_forwarded: bool,
+    client_ip: str,
+    scheme: str,
+    via: str,
+    http_version: str,
+) -> CIMultiDict[str]:
+    """The client's headers less what must not cross, plus the forwarding headers."""
+    out = _copy_except(incoming, _DROP_UP if trust_forwarded else _DROP_UP_UNTRUSTED)
+    host = incoming.get("Host", "")
+    element = _forwarded_element(client_ip, scheme, host)
+    if trust_forwarded:
+        _append(out, incoming, "X-Forwarded-For", client_ip)
+        _append(out, incoming, "Forwarded", element)
+        out.setdefault("X-Forwarded-Proto", scheme)
+        out.setdefault("X-Forwarded-Host", host)
+    else:
+        out["X-Forwarded-For"] = client_ip
+        out["Forwarded"] = element
+        out["X-Forwarded-Proto"] = scheme
+        if host:
+            out["X-Forwarded-Host"] = host
+    _append(out, incoming, "Via", f"{http_version} {via}")
+    return out
+
+
+def downstream_response_headers(
+    upstream: CIMultiDictProxy[str], via: str, http_version: str
+) -> CIMultiDict[str]:
+    out = _copy_except(upstream, _DROP_DOWN)
+    _append(out, upstream, "Via", f"{http_version} {via}")
+    return out
+
+
+def _copy_except(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
+    named = _connection_tokens(headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in drop or lower in named:
+            continue
+        out.add(name, value)
+    return out
+
+
+def _append(out: CIMultiDict[str], prior: Mapping[str, str], name: str, element: str) -> None:
+    """Extend a list-valued header (``Via``, ``Forwarded``...) with our own element."""
+    before = prior.get(name)
+    out[name] = f"{before}, {element}" if before else element
+
+
+_TOKEN_HOST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-")
+
+
+def _forwarded_element(client_ip: str, scheme: str, host: str) -> str:
+    # RFC 7239: an IPv6 address is quoted and bracketed; a host that is not a plain
+    # token (a port's ':' is enough) must be a quoted-string.
+    node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
+    element = f"for={node};proto={scheme}"
+    if host and all(char in _TOKEN_HOST for char in host):
+        element += f";host={host}"
+    elif host:
+        escaped = host.replace("\\", "\\\\").replace('"', '\\"')
+        element += f';host="{escaped}"'
+    return element

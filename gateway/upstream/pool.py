@@ -1,0 +1,162 @@
+"""Upstream pools: one ``ClientSession`` per upstream, round-robin targets, passive health.
+
+Rules:
+- A pool owns one session (one bounded connection pool with keep-alive) for all of its
+  targets. Sessions outlive config reloads when the upstream's settings did not change,
+  so a reload does not throw away warm connections.
+- Passive health: a target whose requests fail ``max_failures`` times in a row (connect
+  errors, resets, timeouts) is skipped for ``cooldown``. When every target is cooling
+  down, the one that will recover first is tried rather than failing the request: a
+  guess beats a certain 503.
+- aiohttp's exceptions never leave this package: ``map_client_errors`` turns them into
+  the gateway's ``UpstreamError`` (502) and ``UpstreamTimeout`` (504).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from ..config.model import HealthSpec, PoolSpec
+from ..context import Clock
+from ..errors import UpstreamError, UpstreamTimeout
+
+
+class Target:
+    __slots__ = ("cooling_until", "failures", "host", "origin", "url")
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self.url = URL(origin)
+        self.host = self.url.raw_authority
+        self.failures = 0
+        self.cooling_until = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    """Two upstreams with equal keys can share one pool, across reloads too."""
+
+    name: str
+    targets: tuple[str, ...]
+    pool: PoolSpec
+    health: HealthSpec
+
+
+class UpstreamPool:
+    __slots__ = ("_clock", "_next", "health", "key", "name", "session", "targets")
+
+    def __init__(self, key: PoolKey, clock: Clock) -> None:
+        self.key = key
+        self.name = key.name
+        self.health = key.health
+        self.targets = [Target(origin) for origin in key.targets]
+        self._next = 0
+        self._clock = clock
+        connector = aiohttp.TCPConnector(
+            limit=key.pool.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=key.pool.keepalive,
+            ttl_dns_cache=60,
+            enable_cleanup_closed=False,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            # A proxy passes bodies and headers through as they are: no decompression,
+            # no headers of aiohttp's own, and never a cookie jar, which would carry one
+            # client's cookies into another client's requests.
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=key.pool.connect_timeout),
+        )
+
+    def pick(self) -> Target:
+        targets = self.targets
+        if len(targets) == 1:
+            return targets[0]
+        now = self._clock.monotonic()
+        for _ in range(len(targets)):
+            target = targets[self._next]
+            self._next = (self._next + 1) % len(targets)
+            if target.cooling_until <= now:
+                return target
+        return min(targets, key=lambda t: t.cooling_until)
+
+    def next_after(self, tried: Target) -> Target | None:
+        """Another healthy target to retry a request that never reached ``tried``."""
+        now = self._clock.monotonic()
+        for target in self.targets:
+            if target is not tried and target.cooling_until <= now:
+                return target
+        return None
+
+    def report_success(self, target: Target) -> None:
+        if target.failures:
+            target.failures = 0
+
+    def report_failure(self, target: Target) -> None:
+        target.failures += 1
+        if target.failures >= self.health.max_failures:
+            target.cooling_until = self._clock.monotonic() + self.health.cooldown
+            target.failures = 0
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class PoolRegistry:
+    """Hands out pools by key and closes the ones no runtime uses any more."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._pools: dict[PoolKey, UpstreamPool] = {}
+        self._users: dict[PoolKey, int] = {}
+
+    def acquire(self, key: PoolKey) -> UpstreamPool:
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = UpstreamPool(key, self._clock)
+        self._users[key] = self._users.get(key, 0) + 1
+        return pool
+
+    async def release(self, keys: list[PoolKey]) -> None:
+        for key in keys:
+            self._users[key] -= 1
+            if self._users[key] == 0:
+                del self._users[key]
+                await self._pools.pop(key).close()
+
+    async def close(self) -> None:
+        pools = list(self._pools.values())
+        self._pools.clear()
+        self._users.clear()
+        for pool in pools:
+            await pool.close()
+
+
+class ConnectFailed(UpstreamError):
+    """The request never reached the target, so it is safe to try another one."""
+
+
+@contextlib.contextmanager
+def map_client_errors(upstream: str) -> Iterator[None]:
+    try:
+        yield
+    except TimeoutError as exc:
+        raise UpstreamTimeout(f"upstream {upstream!r} did not answer in time") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise ConnectFailed(f"cannot connect to upstream {upstream!r}") from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise UpstreamError(f"upstream {upstream!r} closed the connection") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise UpstreamError(f"upstream {upstream!r} sent a broken body") from exc
+    except aiohttp.ClientResponseError as exc:
+        raise UpstreamError(f"upstream {upstream!r} broke the HTTP protocol") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(f"upstream {upstream!r} failed: {type(exc).__name__}") from exc

@@ -1,0 +1,266 @@
+"""The proxy terminal: one request to one upstream target, bodies streamed.
+
+Rules:
+- The request body is streamed to the upstream as it arrives; a declared length over
+  ``max_body_size`` is refused before anything is sent, an undeclared one (chunked) is
+  cut off when it crosses the limit.
+- A response body of at most ``buffer_limit`` bytes with a declared length is read
+  whole before the response starts, so a short or broken body is still a clean 502;
+  anything larger or of unknown length is streamed, and a failure mid-stream aborts the
+  client's connection (it cannot be told apart from a complete body otherwise).
+- A connect failure is retried once on another healthy target: the request never left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from ..context import RequestContext
+from ..errors import GatewayError, PayloadTooLarge, UpstreamTimeout
+from ..observability import stamp_response
+from .headers import BUDGET_HEADER, downstream_response_headers, upstream_request_headers
+from .pool import ConnectFailed, Target, UpstreamPool, map_client_errors
+from .urls import UrlTemplate
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ProxySettings:
+    """Server-wide settings the proxy needs, resolved once per config."""
+
+    __slots__ = ("buffer_limit", "max_body_size", "trust_forwarded", "via")
+
+    def __init__(
+        self, *, via: str, trust_forwarded: bool, max_body_size: int, buffer_limit: int
+    ) -> None:
+        self.via = via
+        self.trust_forwarded = trust_forwarded
+        self.max_body_size = max_body_size
+        self.buffer_limit = buffer_limit
+
+
+class ProxyHandler:
+    __slots__ = ("_host_mode", "_path", "_pool", "_prefix", "_settings", "_timeout", "_timing_name")
+
+    def __init__(
+        self,
+        *,
+        pool: UpstreamPool,
+        prefix: str,
+        path: UrlTemplate | None,
+        timeout: float,
+        host_mode: str,
+        settings: ProxySettings,
+        timing_name: str,
+    ) -> None:
+        self._pool = pool
+        self._prefix = prefix
+        self._timing_name = timing_name
+        self._path = path
+        self._host_mode = host_mode
+        self._settings = settings
+        # ``sock_read`` bounds both the wait for the response headers and any silence
+        # while the body streams; built once here, not per request.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=pool.key.pool.connect_timeout, sock_read=timeout
+        )
+
+    async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
+        request = ctx.request
+        settings = self._settings
+        length = request.content_length
+        body: object = None
+        if length is not None:
+            if length > settings.max_body_size:
+                raise PayloadTooLarge(
+                    f"the request body is {length} bytes; this gateway accepts at most "
+                    f"{settings.max_body_size}"
+                )
+            if length:
+                body = request.content
+        elif request.body_exists:
+            body = _CappedBody(request.content, settings.max_body_size)
+
+        version = f"{request.version.major}.{request.version.minor}"
+        headers = upstream_request_headers(
+            request.headers,
+            trust_forwarded=settings.trust_forwarded,
+            client_ip=request.remote or "unknown",
+            scheme=request.scheme,
+            via=settings.via,
+            http_version=version,
+        )
+        headers["X-Request-Id"] = ctx.request_id
+        remaining = ctx.deadline.remaining()
+        headers[BUDGET_HEADER] = str(int(remaining * 1000))
+        if length:
+            headers["Content-Length"] = str(length)
+        timeout = self._timeout
+        if remaining < (timeout.sock_read or remaining):
+            # The client asked for a shorter budget than the route's own timeout.
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=timeout.sock_connect, sock_read=max(remaining, 0.001)
+            )
+
+        path_and_query = self._prefix + (
+            self._path.render(ctx.params) if self._path is not None else ctx.path
+        )
+        query = request.raw_path.partition("?")[2]
+        if query:
+            joiner = "&" if "?" in path_and_query else "?"
+            path_and_query = f"{path_and_query}{joiner}{query}"
+
+        if body is not None and request.headers.get("Expect", "").lower() == "100-continue":
+            # The client waits for our go-ahead before sending its body (RFC 9110 10.1.1).
+            await request.writer.write(_CONTINUE)
+
+        pool = self._pool
+        target = pool.pick()
+        started = ctx.deadline.clock.monotonic()
+        first_attempt = True
+        while True:
+            try:
+                upstream = await self._send(ctx, target, headers, path_and_query, body, timeout)
+                break
+            except ConnectFailed:
+                retry = pool.next_after(target) if first_attempt else None
+                if retry is None:
+                    self._record(ctx, started, "error")
+                    raise
+                target, first_attempt = retry, False
+            except UpstreamTimeout:
+                self._record(ctx, started, "timeout")
+                raise
+            except GatewayError:
+                self._record(ctx, started, "error")
+                if isinstance(body, _CappedBody) and body.exceeded:
+                    raise PayloadTooLarge(
+                        f"the request body is over {settings.max_body_size} bytes"
+                    ) from None
+                raise
+        try:
+            return await self._respond(ctx, upstream, target, started, version)
+        finally:
+            upstream.release()
+
+    async def _send(
+        self,
+        ctx: RequestContext,
+        target: Target,
+        headers: CIMultiDict[str],
+        path_and_query: str,
+        body: object,
+        client_timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        request = ctx.request
+        if self._host_mode == "client":
+            headers["Host"] = request.headers.get("Host", target.host)
+        elif self._host_mode != "target":
+            headers["Host"] = self._host_mode
+        url = URL(target.origin + path_and_query, encoded=True)
+        pool = self._pool
+        try:
+            with map_client_errors(pool.name):
+                response = await pool.session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=client_timeout,
+                )
+        except GatewayError:
+            pool.report_failure(target)
+            raise
+        return response
+
+    async def _respond(
+        self,
+        ctx: RequestContext,
+        upstream: aiohttp.ClientResponse,
+        target: Target,
+        started: float,
+        version: str,
+    ) -> web.StreamResponse:
+        request = ctx.request
+        settings = self._settings
+        headers = downstream_response_headers(upstream.headers, settings.via, version)
+        status = upstream.status
+        length = upstream.content_length
+        no_body = request.method == "HEAD" or status in _NO_BODY_STATUSES
+        if no_body or (length is not None and length <= settings.buffer_limit):
+            data = b""
+            if not no_body:
+                try:
+                    with map_client_errors(self._pool.name):
+                        data = await upstream.read()
+                except GatewayError:
+                    self._pool.report_failure(target)
+                    self._record(ctx, started, "error")
+                    raise
+            self._pool.report_success(target)
+            self._record(ctx, started, "ok")
+            response = web.Response(status=status, reason=upstream.reason, headers=headers)
+            if no_body:
+                if length is not None and request.method == "HEAD":
+                    # HEAD answers with the length a GET would have had.
+                    response.headers["Content-Length"] = str(length)
+            else:
+                response.body = data
+            return response
+
+        self._pool.report_success(target)
+        self._record(ctx, started, "ok")
+        streamed = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
+        if length is not None:
+            streamed.content_length = length
+        stamp_response(ctx, streamed)
+        await streamed.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await streamed.write(chunk)
+        except (aiohttp.ClientError, TimeoutError):
+            # The status line is gone already: the only honest signal left is to cut
+            # the connection, so the client sees a truncated response, not a short one.
+            self._pool.report_failure(target)
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            return streamed
+        await streamed.write_eof()
+        return streamed
+
+    def _record(self, ctx: RequestContext, started: float, outcome: str) -> None:
+        elapsed = ctx.deadline.clock.monotonic() - started
+        ctx.timings.append((self._timing_name, elapsed, outcome))
+        ctx.upstream_wait += elapsed
+
+
+class _CappedBody:
+    """A chunked request body, cut off when it crosses the size limit.
+
+    aiohttp wraps errors raised while it writes a body, so the flag tells the proxy
+    afterwards that the failure was the client's oversized body (413), not the upstream.
+    """
+
+    __slots__ = ("_content", "_limit", "exceeded")
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        self.exceeded = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._content.iter_any():
+            seen += len(chunk)
+            if seen > self._limit:
+                self.exceeded = True
+                raise PayloadTooLarge(f"the request body is over {self._limit} bytes")
+            yield chunk

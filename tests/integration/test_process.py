@@ -1,0 +1,149 @@
+"""The ``gateway`` command as a user runs it: signals, reload, drain, the shipped config."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from examples.services import DEFAULT_PORTS, start_services
+from gateway.config import load_config
+from gateway.server import Gateway
+from tests.conftest import status_within, write_gateway_config
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def run_cli(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+
+
+async def spawn_gateway(config: Path) -> tuple[asyncio.subprocess.Process, int]:
+    process = await run_cli("run", "-c", str(config))
+    assert process.stderr is not None
+    while True:
+        line = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
+        assert line, "the gateway exited before it listened"
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        if match:
+            return process, int(match.group(1))
+
+
+async def stop(process: asyncio.subprocess.Process) -> int:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(process.wait(), 20)
+
+
+def slow_app(delay: float) -> web.Application:
+    async def handler(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay)
+        return web.Response(text="finished")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    return app
+
+
+async def test_sighup_reloads(aiohttp_server, tmp_path, http) -> None:
+    upstream = await aiohttp_server(slow_app(0))
+    url = str(upstream.make_url("")).rstrip("/")
+    config = write_gateway_config(
+        tmp_path, f"routes:\n  - path: /a\n    proxy: {{url: '{url}'}}\n", server="watch: false"
+    )
+    process, port = await spawn_gateway(config)
+    try:
+        (tmp_path / "routes.yaml").write_text(
+            f"routes:\n  - path: /a\n    proxy: {{url: '{url}'}}\n"
+            f"  - path: /b\n    proxy: {{url: '{url}'}}\n"
+        )
+        async with http.get(f"http://127.0.0.1:{port}/b") as response:
+            assert response.status == 404  # no watcher: nothing changes until SIGHUP
+        process.send_signal(signal.SIGHUP)
+        assert await status_within(http, f"http://127.0.0.1:{port}/b", 200) == 200
+    finally:
+        assert await stop(process) == 0
+
+
+async def test_sigterm_drains_in_flight_requests(aiohttp_server, tmp_path, http) -> None:
+    upstream = await aiohttp_server(slow_app(0.5))
+    url = str(upstream.make_url("")).rstrip("/")
+    config = write_gateway_config(
+        tmp_path, f"routes:\n  - path: /slow\n    proxy: {{url: '{url}'}}\n"
+    )
+    process, port = await spawn_gateway(config)
+
+    async def fetch() -> tuple[int, str]:
+        async with http.get(f"http://127.0.0.1:{port}/slow") as response:
+            return response.status, await response.text()
+
+    in_flight = asyncio.create_task(fetch())
+    await asyncio.sleep(0.15)
+    process.send_signal(signal.SIGTERM)
+    assert await in_flight == (200, "finished")
+    assert await asyncio.wait_for(process.wait(), 20) == 0
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_bad_config_exits_1_naming_the_line(tmp_path) -> None:
+    config = write_gateway_config(
+        tmp_path, "routes:\n  - path: /a\n    proxy: {url: 'http://x', timeout: 5}\n"
+    )
+    process = await run_cli("run", "-c", str(config))
+    _, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 1
+    assert "routes.yaml:3: routes[0].proxy.timeout: not a duration: 5" in err.decode()
+
+
+async def test_shipped_demo_config_serves_the_sample_services(tmp_path, http) -> None:
+    group = await start_services("127.0.0.1", {kind: 0 for kind in DEFAULT_PORTS})
+    try:
+        routes = (ROOT / "config" / "routes.yaml").read_text()
+        for kind, port in DEFAULT_PORTS.items():
+            routes = routes.replace(f":{port}", f":{group.ports[kind]}")
+        main = (ROOT / "config" / "gateway.yaml").read_text()
+        main = main.replace("port: 8080", "port: 0").replace(
+            "access_log: stdout", "access_log: 'off'"
+        )
+        (tmp_path / "gateway.yaml").write_text(main)
+        (tmp_path / "routes.yaml").write_text(routes)
+        gateway = Gateway(load_config(tmp_path / "gateway.yaml"))
+        await gateway.start()
+        base = f"http://127.0.0.1:{gateway.port}"
+        try:
+            async with http.get(f"{base}/v1/users/42") as response:
+                assert response.status == 200
+                assert (await response.json())["id"] == "42"
+            async with http.get(f"{base}/v1/dashboard/42") as response:
+                assert response.status == 200
+                body = await response.json()
+                assert set(body) == {
+                    "user",
+                    "orders",
+                    "recommendations",
+                    "inventory",
+                    "notifications",
+                }
+            async with http.get(f"{base}/v1/dashboard-slow/42") as response:
+                assert response.status == 200
+                assert response.headers["Gateway-Partial"] == "recommendations;reason=timeout"
+        finally:
+            await gateway.stop()
+    finally:
+        await group.close()
