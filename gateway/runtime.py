@@ -70,6 +70,7 @@ class _Builder:
         self.settings = ProxySettings(
             via=server.via,
             trust_forwarded=server.trust_forwarded,
+            forwarded_headers=server.forwarded_headers,
             max_body_size=server.limits.max_body_size,
             buffer_limit=BUFFER_LIMIT,
         )

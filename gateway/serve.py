@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -43,6 +44,10 @@ async def serve(loaded: LoadedConfig, on_ready: Callable[[Gateway], None] | None
     """Run a gateway until SIGINT/SIGTERM, reloading on file change and SIGHUP."""
     gateway = Gateway(loaded)
     await gateway.start()
+    # Everything allocated so far (modules, config, pools) lives as long as the
+    # process: move it out of the collector's sight, so the full collections that
+    # request garbage triggers do not rescan it (they showed up as p99 spikes).
+    gc.freeze()
     listen = loaded.config.server.listen
     print(
         f"gateway listening on http://{listen.host}:{gateway.port} "

@@ -115,11 +115,18 @@ def _merge_includes(raw: dict[str, Any], sources: SourceMap, main: Path, files: 
 
 
 def _issues_from_validation(exc: ValidationError, sources: SourceMap) -> list[ConfigIssue]:
+    errors = [
+        (error["type"], error["msg"], tuple(p for p in error["loc"] if isinstance(p, str | int)))
+        for error in exc.errors(include_url=False)
+    ]
     issues = []
-    for error in exc.errors(include_url=False):
-        loc: KeyPath = tuple(part for part in error["loc"] if isinstance(part, str | int))
-        message = _humane_message(error["type"], error["msg"], loc)
-        issues.append(_issue_at(sources, loc, message))
+    for kind, message, loc in errors:
+        # A list whose only item was refused is also "too short": say only the first.
+        if kind == "too_short" and any(
+            other[: len(loc)] == loc and other != loc for _, _, other in errors
+        ):
+            continue
+        issues.append(_issue_at(sources, loc, _humane_message(kind, message, loc)))
     return issues
 
 

@@ -60,6 +60,9 @@ class ServerSpec(Spec):
     #: Keep the client's ``X-Forwarded-For``/``Forwarded`` chain (only behind a proxy
     #: you trust); otherwise the gateway replaces it with what it saw itself.
     trust_forwarded: bool = False
+    #: Which forwarding headers go upstream: ``x-forwarded`` (``X-Forwarded-For``,
+    #: ``-Proto``, ``-Host``), ``forwarded`` (RFC 7239), or ``both``.
+    forwarded_headers: Literal["x-forwarded", "forwarded", "both"] = "x-forwarded"
     #: Reload when a config file changes on disk (SIGHUP always reloads).
     watch: bool = True
 

@@ -63,6 +63,8 @@ def upstream_request_headers(
     incoming: CIMultiDictProxy[str],
     *,
     trust_forwarded: bool,
+    x_forwarded: bool,
+    forwarded: bool,
     client_ip: str,
     scheme: str,
     via: str,
@@ -71,18 +73,23 @@ def upstream_request_headers(
     """The client's headers less what must not cross, plus the forwarding headers."""
     out = _copy_except(incoming, _DROP_UP if trust_forwarded else _DROP_UP_UNTRUSTED)
     host = incoming.get("Host", "")
-    element = _forwarded_element(client_ip, scheme, host)
-    if trust_forwarded:
-        _append(out, incoming, "X-Forwarded-For", client_ip)
-        _append(out, incoming, "Forwarded", element)
-        out.setdefault("X-Forwarded-Proto", scheme)
-        out.setdefault("X-Forwarded-Host", host)
-    else:
-        out["X-Forwarded-For"] = client_ip
-        out["Forwarded"] = element
-        out["X-Forwarded-Proto"] = scheme
-        if host:
-            out["X-Forwarded-Host"] = host
+    if x_forwarded:
+        if trust_forwarded:
+            _append(out, incoming, "X-Forwarded-For", client_ip)
+            out.setdefault("X-Forwarded-Proto", scheme)
+            if host:
+                out.setdefault("X-Forwarded-Host", host)
+        else:
+            out["X-Forwarded-For"] = client_ip
+            out["X-Forwarded-Proto"] = scheme
+            if host:
+                out["X-Forwarded-Host"] = host
+    if forwarded:
+        element = _forwarded_element(client_ip, scheme, host)
+        if trust_forwarded:
+            _append(out, incoming, "Forwarded", element)
+        else:
+            out["Forwarded"] = element
     _append(out, incoming, "Via", f"{http_version} {via}")
     return out
 

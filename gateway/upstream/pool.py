@@ -8,22 +8,37 @@ Rules:
   errors, resets, timeouts) is skipped for ``cooldown``. When every target is cooling
   down, the one that will recover first is tried rather than failing the request: a
   guess beats a certain 503.
-- aiohttp's exceptions never leave this package: ``map_client_errors`` turns them into
-  the gateway's ``UpstreamError`` (502) and ``UpstreamTimeout`` (504).
+- aiohttp's exceptions never leave this package: ``client_error`` turns them into the
+  gateway's ``UpstreamError`` (502) and ``UpstreamTimeout`` (504).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from ..config.model import HealthSpec, PoolSpec
 from ..context import Clock
-from ..errors import UpstreamError, UpstreamTimeout
+from ..errors import GatewayError, UpstreamError, UpstreamTimeout
+
+
+class _PassThroughRequest(aiohttp.ClientRequest):
+    """A client request that sends the headers it is given and none of aiohttp's own.
+
+    A proxy must not add ``Accept-Encoding`` (the upstream could then compress for a
+    client that never asked) nor ``User-Agent``/``Accept``, nor a ``Content-Type`` for a
+    body that had none. aiohttp's ``skip_auto_headers`` does the same, but rebuilds two
+    header dicts per request to do it.
+    """
+
+    def update_auto_headers(self, skip_auto_headers: object) -> None:
+        self._skip_auto_headers = _NEVER_ADDED
+
+
+_NEVER_ADDED: CIMultiDict[None] = CIMultiDict({"Content-Type": None})
 
 
 class Target:
@@ -67,10 +82,10 @@ class UpstreamPool:
         self.session = aiohttp.ClientSession(
             connector=connector,
             # A proxy passes bodies and headers through as they are: no decompression,
-            # no headers of aiohttp's own, and never a cookie jar, which would carry one
-            # client's cookies into another client's requests.
+            # no headers of aiohttp's own (see _PassThroughRequest), and never a cookie
+            # jar, which would carry one client's cookies into another client's requests.
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            request_class=_PassThroughRequest,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=key.pool.connect_timeout),
@@ -144,19 +159,24 @@ class ConnectFailed(UpstreamError):
     """The request never reached the target, so it is safe to try another one."""
 
 
-@contextlib.contextmanager
-def map_client_errors(upstream: str) -> Iterator[None]:
-    try:
-        yield
-    except TimeoutError as exc:
-        raise UpstreamTimeout(f"upstream {upstream!r} did not answer in time") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise ConnectFailed(f"cannot connect to upstream {upstream!r}") from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise UpstreamError(f"upstream {upstream!r} closed the connection") from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise UpstreamError(f"upstream {upstream!r} sent a broken body") from exc
-    except aiohttp.ClientResponseError as exc:
-        raise UpstreamError(f"upstream {upstream!r} broke the HTTP protocol") from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamError(f"upstream {upstream!r} failed: {type(exc).__name__}") from exc
+#: What a call to an upstream may raise; ``client_error`` translates each of them.
+CLIENT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+def client_error(exc: BaseException, upstream: str) -> GatewayError:
+    """The gateway error for an aiohttp (or socket) failure talking to ``upstream``.
+
+    Used as ``except CLIENT_ERRORS as exc: raise client_error(exc, name) from exc``: a
+    plain ``except`` costs nothing on the happy path, unlike a context manager.
+    """
+    if isinstance(exc, TimeoutError):  # includes aiohttp's ServerTimeoutError
+        return UpstreamTimeout(f"upstream {upstream!r} did not answer in time")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ConnectFailed(f"cannot connect to upstream {upstream!r}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return UpstreamError(f"upstream {upstream!r} closed the connection")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamError(f"upstream {upstream!r} sent a broken body")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return UpstreamError(f"upstream {upstream!r} broke the HTTP protocol")
+    return UpstreamError(f"upstream {upstream!r} failed: {type(exc).__name__}")

@@ -24,7 +24,7 @@ from ..context import RequestContext
 from ..errors import GatewayError, PayloadTooLarge, UpstreamTimeout
 from ..observability import stamp_response
 from .headers import BUDGET_HEADER, downstream_response_headers, upstream_request_headers
-from .pool import ConnectFailed, Target, UpstreamPool, map_client_errors
+from .pool import CLIENT_ERRORS, ConnectFailed, Target, UpstreamPool, client_error
 from .urls import UrlTemplate
 
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -34,13 +34,28 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class ProxySettings:
     """Server-wide settings the proxy needs, resolved once per config."""
 
-    __slots__ = ("buffer_limit", "max_body_size", "trust_forwarded", "via")
+    __slots__ = (
+        "buffer_limit",
+        "forwarded",
+        "max_body_size",
+        "trust_forwarded",
+        "via",
+        "x_forwarded",
+    )
 
     def __init__(
-        self, *, via: str, trust_forwarded: bool, max_body_size: int, buffer_limit: int
+        self,
+        *,
+        via: str,
+        trust_forwarded: bool,
+        forwarded_headers: str,
+        max_body_size: int,
+        buffer_limit: int,
     ) -> None:
         self.via = via
         self.trust_forwarded = trust_forwarded
+        self.x_forwarded = forwarded_headers in ("x-forwarded", "both")
+        self.forwarded = forwarded_headers in ("forwarded", "both")
         self.max_body_size = max_body_size
         self.buffer_limit = buffer_limit
 
@@ -91,6 +106,8 @@ class ProxyHandler:
         headers = upstream_request_headers(
             request.headers,
             trust_forwarded=settings.trust_forwarded,
+            x_forwarded=settings.x_forwarded,
+            forwarded=settings.forwarded,
             client_ip=request.remote or "unknown",
             scheme=request.scheme,
             via=settings.via,
@@ -102,7 +119,7 @@ class ProxyHandler:
         if length:
             headers["Content-Length"] = str(length)
         timeout = self._timeout
-        if remaining < (timeout.sock_read or remaining):
+        if ctx.deadline.at < ctx.started + ctx.route.budget:
             # The client asked for a shorter budget than the route's own timeout.
             timeout = aiohttp.ClientTimeout(
                 total=None, sock_connect=timeout.sock_connect, sock_read=max(remaining, 0.001)
@@ -166,19 +183,17 @@ class ProxyHandler:
         url = URL(target.origin + path_and_query, encoded=True)
         pool = self._pool
         try:
-            with map_client_errors(pool.name):
-                response = await pool.session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                    timeout=client_timeout,
-                )
-        except GatewayError:
+            return await pool.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=client_timeout,
+            )
+        except CLIENT_ERRORS as exc:
             pool.report_failure(target)
-            raise
-        return response
+            raise client_error(exc, pool.name) from exc
 
     async def _respond(
         self,
@@ -198,12 +213,11 @@ class ProxyHandler:
             data = b""
             if not no_body:
                 try:
-                    with map_client_errors(self._pool.name):
-                        data = await upstream.read()
-                except GatewayError:
+                    data = await upstream.read()
+                except CLIENT_ERRORS as exc:
                     self._pool.report_failure(target)
                     self._record(ctx, started, "error")
-                    raise
+                    raise client_error(exc, self._pool.name) from exc
             self._pool.report_success(target)
             self._record(ctx, started, "ok")
             response = web.Response(status=status, reason=upstream.reason, headers=headers)

@@ -122,7 +122,9 @@ async def test_upstream_hop_by_hop_headers_are_removed(start_gateway, raw_upstre
 
 async def test_forwarding_headers_describe_the_client(aiohttp_server, start_gateway, http) -> None:
     upstream = await aiohttp_server(echo_app())
-    gw = await start_gateway(routes_for(str(upstream.make_url(""))))
+    gw = await start_gateway(
+        routes_for(str(upstream.make_url(""))), server="forwarded_headers: both"
+    )
     async with http.get(
         f"{gw.url}/v1/echo/1",
         headers={"X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6", "Via": "1.0 edge"},

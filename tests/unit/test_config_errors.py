@@ -1149,3 +1149,12 @@ def test_proxy_url_takes_no_placeholders(tmp_path: Path) -> None:
     issue = only_issue(path)
     assert issue.key_path == "routes[0].proxy.url"
     assert "takes no placeholders" in issue.message
+
+
+def test_a_refused_only_target_is_reported_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "gateway.yaml", "upstreams:\n  users:\n    targets: ['http://bad url']\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [issue.key_path for issue in caught.value.issues] == ["upstreams.users.targets[0]"]

@@ -12,11 +12,16 @@ def incoming(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
 
 
 def up(
-    *pairs: tuple[str, str], trust: bool = False, client_ip: str = "10.0.0.7"
+    *pairs: tuple[str, str],
+    trust: bool = False,
+    client_ip: str = "10.0.0.7",
+    style: tuple[bool, bool] = (True, True),
 ) -> CIMultiDict[str]:
     return upstream_request_headers(
         incoming(*pairs),
         trust_forwarded=trust,
+        x_forwarded=style[0],
+        forwarded=style[1],
         client_ip=client_ip,
         scheme="https",
         via="gw",
@@ -66,3 +71,13 @@ def test_via_is_extended_and_repeated_headers_are_kept() -> None:
     headers = up(("Via", "1.0 edge"), ("Accept", "a"), ("Accept", "b"))
     assert headers["Via"] == "1.0 edge, 1.1 gw"
     assert headers.getall("Accept") == ["a", "b"]
+
+
+def test_forwarding_header_styles() -> None:
+    only_x = up(("Host", "h"), style=(True, False))
+    assert "Forwarded" not in only_x
+    assert only_x["X-Forwarded-For"] == "10.0.0.7"
+    only_rfc = up(("Host", "h"), style=(False, True))
+    assert "X-Forwarded-For" not in only_rfc
+    assert "X-Forwarded-Proto" not in only_rfc
+    assert only_rfc["Forwarded"] == "for=10.0.0.7;proto=https;host=h"
