@@ -10,8 +10,9 @@ Rules:
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -88,6 +89,21 @@ class Deadline:
         return Deadline(min(self.at, self.clock.monotonic() + seconds), self.clock)
 
 
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """Who is calling, as every authenticator reports it; read by later policies."""
+
+    id: str
+    plan: str
+    scopes: frozenset[str]
+    #: ``api_key`` or ``jwt``.
+    credential: str
+    #: The API key id, or the token's ``jti`` (never a secret).
+    credential_id: str
+    #: A JWT's verified claims (empty for API keys), for forwarding chosen ones upstream.
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class RequestContext:
     """What the gateway knows about one request while it is being answered."""
@@ -96,6 +112,8 @@ class RequestContext:
     route: CompiledRoute
     params: dict[str, str]
     path: str
+    #: The raw query string, without '?'.
+    query: str
     request_id: str
     deadline: Deadline
     started: float
@@ -105,3 +123,6 @@ class RequestContext:
     # Seconds spent waiting on upstreams (the longest concurrent span), so the
     # gateway's own time can be told apart from its upstreams'.
     upstream_wait: float = 0.0
+    consumer: Consumer | None = None
+    #: Headers policies ask the terminal to send upstream (identity headers).
+    upstream_headers: list[tuple[str, str]] = field(default_factory=list)

@@ -2,6 +2,8 @@
 
     GatewayError                     (abstract: carries status, title, slug, headers)
      +-- BadRequest                  400 the request cannot be parsed or is unsafe
+     +-- Unauthorized                401 no or bad credentials (``WWW-Authenticate``)
+     +-- Forbidden                   403 authenticated, not allowed (``WWW-Authenticate``)
      +-- NotFound                    404 no route for this path
      +-- MethodNotAllowed            405 a route has the path, not the method (``Allow``)
      +-- PayloadTooLarge             413
@@ -48,6 +50,24 @@ class BadRequest(GatewayError):
     status = 400
     title = "Bad request"
     slug = "bad-request"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    title = "Unauthorized"
+    slug = "unauthorized"
+
+    def __init__(self, detail: str, *, challenge: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(GatewayError):
+    status = 403
+    title = "Forbidden"
+    slug = "forbidden"
+
+    def __init__(self, detail: str, *, challenge: str | None = None) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": challenge} if challenge else None)
 
 
 class NotFound(GatewayError):

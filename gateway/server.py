@@ -172,7 +172,7 @@ class Gateway:
         clock = self.clock
         started = clock.monotonic()
         request_id = self._ids.take(request.headers.get("X-Request-Id"))
-        path, _, _ = request.raw_path.partition("?")
+        path, _, query = request.raw_path.partition("?")
         route_name: str | None = None
         ctx: RequestContext | None = None
         try:
@@ -188,6 +188,7 @@ class Gateway:
                 route=route,
                 params=params,
                 path=path,
+                query=query,
                 request_id=request_id,
                 deadline=Deadline(started + budget, clock),
                 started=started,

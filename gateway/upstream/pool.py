@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp import hdrs
+from aiohttp.typedefs import LooseHeaders
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -36,6 +38,15 @@ class _PassThroughRequest(aiohttp.ClientRequest):
 
     def update_auto_headers(self, skip_auto_headers: object) -> None:
         self._skip_auto_headers = _NEVER_ADDED
+
+    def update_headers(self, headers: LooseHeaders | None) -> None:
+        # The session hands over a CIMultiDict it has just built: copy it in one C call
+        # instead of aiohttp's add-one-header-at-a-time loop.
+        self.headers = CIMultiDict(headers) if headers else CIMultiDict()
+        if hdrs.HOST not in self.headers:
+            host = self.url.host_port_subcomponent
+            assert host is not None  # always an absolute URL here
+            self.headers[hdrs.HOST] = host
 
 
 _NEVER_ADDED: CIMultiDict[None] = CIMultiDict({"Content-Type": None})

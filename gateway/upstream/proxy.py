@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -28,6 +28,7 @@ from .pool import CLIENT_ERRORS, ConnectFailed, Target, UpstreamPool, client_err
 from .urls import UrlTemplate
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+_VERSIONS = {HttpVersion11: "1.1", HttpVersion10: "1.0"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -102,7 +103,7 @@ class ProxyHandler:
         elif request.body_exists:
             body = _CappedBody(request.content, settings.max_body_size)
 
-        version = f"{request.version.major}.{request.version.minor}"
+        version = _VERSIONS.get(request.version) or "{}.{}".format(*request.version)
         headers = upstream_request_headers(
             request.headers,
             trust_forwarded=settings.trust_forwarded,
@@ -128,7 +129,7 @@ class ProxyHandler:
         path_and_query = self._prefix + (
             self._path.render(ctx.params) if self._path is not None else ctx.path
         )
-        query = request.raw_path.partition("?")[2]
+        query = ctx.query
         if query:
             joiner = "&" if "?" in path_and_query else "?"
             path_and_query = f"{path_and_query}{joiner}{query}"
@@ -220,13 +221,14 @@ class ProxyHandler:
                     raise client_error(exc, self._pool.name) from exc
             self._pool.report_success(target)
             self._record(ctx, started, "ok")
+            if not no_body:
+                return web.Response(
+                    body=data, status=status, reason=upstream.reason, headers=headers
+                )
             response = web.Response(status=status, reason=upstream.reason, headers=headers)
-            if no_body:
-                if length is not None and request.method == "HEAD":
-                    # HEAD answers with the length a GET would have had.
-                    response.headers["Content-Length"] = str(length)
-            else:
-                response.body = data
+            if length is not None and request.method == "HEAD":
+                # HEAD answers with the length a GET would have had.
+                response.headers["Content-Length"] = str(length)
             return response
 
         self._pool.report_success(target)

@@ -1,0 +1,1406 @@
+"""The benchmark: the gateway against a direct call, a 30-line proxy and nginx.
+
+    python -m bench.run [--duration 10] [--rounds 3] [--only a,b,c,d,d2,e,f]
+
+Variants (see bench/README.md for the reasoning):
+
+    a   the sample ``users`` service, called directly (no proxy: the floor)
+    b   bench/baseline_proxy.py in front of it
+    c   nginx in front of it (skipped when nginx is not on PATH)
+    d   the gateway's proxy route in front of it, access log off
+    d2  the same with the access log on, written to a file
+    e   the gateway's five-way fan-out, open loop at 200 requests/s
+    f   the same with one optional backend slow (500 ms), open loop at 100 requests/s
+
+a to d2 are closed-loop throughput runs with wrk (``-t1 -c32``). Their servers are all
+started once and measured in interleaved rounds (b, d, c, d2, a, the order rotated by one
+each round), each wrk run lasting duration/rounds seconds (rounded up, at least 3) after
+a single warm-up run per server. A shared machine's throughput drifts by 10-15 % within
+minutes, so comparing two variants measured minutes apart compares the machine too:
+each ratio (d/b, d/c, d2/b) is computed within each round and the median over the
+rounds is reported, as is each variant's median rps, latency and CPU per request.
+
+e and f are open-loop latency runs with ``gateway.loadgen``. The server under test gets
+a CPU core of its own; the load generator and the sample upstream services share the
+other one. Results are printed and written to bench/results/latest.json.
+
+Bars (the exit status is 1 when one fails): proxy_throughput, the median per-round d/b
+req/s ratio >= 0.9; the fan-out's p99 <= 15 ms; the slow fan-out's p99 <= 60 ms with
+every response partial.
+
+Every process started here is stopped in a ``finally`` (SIGTERM, then SIGKILL), on
+errors, Ctrl-C and SIGTERM alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import functools
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import aiohttp
+import uvloop
+import yaml
+
+from gateway.loadgen import LoadResult, parse_server_timing, percentile, run_open_loop
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "latest.json"
+PYTHON = sys.executable
+HOST = "127.0.0.1"
+
+ALL_VARIANTS = ("a", "b", "c", "d", "d2", "e", "f")
+NAMES = {
+    "a": "users service, direct",
+    "b": "baseline aiohttp proxy",
+    "c": "nginx reverse proxy",
+    "d": "gateway proxy route",
+    "d2": "gateway proxy route + access log",
+    "e": "gateway fan-out x5",
+    "f": "gateway fan-out x5, one slow",
+}
+KINDS = ("users", "orders", "recommendations", "inventory", "notifications")
+USER_PATH = "/users/42"
+
+WRK_THREADS = 1
+WRK_CONNECTIONS = 32
+WARMUP_S = 2.0
+FANOUT_BUDGET_MS = 50
+FANOUT_RATE = 200.0
+SLOW_RATE = 100.0
+SLOW_DELAY = "500ms"
+BAR_FANOUT_P99_MS = 15.0
+BAR_SLOW_P99_MS = FANOUT_BUDGET_MS + 10.0
+
+#: Longest wait for a started server to accept connections: the gateway imports
+#: pydantic and compiles its config first, which takes a second or two on a busy core.
+READY_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 5.0
+
+
+_T = TypeVar("_T")
+
+
+class BenchError(RuntimeError):
+    """A variant could not be measured (a server did not start, a probe failed)."""
+
+
+# --- Cores and processes -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cores:
+    """Where things run: ``server`` for the process under test, ``load`` for the rest."""
+
+    server: int | None
+    load: int | None
+
+    @property
+    def pinned(self) -> bool:
+        return self.server is not None
+
+    @classmethod
+    def pick(cls) -> Cores:
+        available = sorted(os.sched_getaffinity(0))
+        if len(available) < 2:
+            return cls(None, None)
+        return cls(available[0], available[1])
+
+    def wrap(self, command: Sequence[str], core: int | None) -> list[str]:
+        """``command`` run under ``taskset -c CORE`` (taskset execs it: same pid)."""
+        if core is None:
+            return list(command)
+        return ["taskset", "-c", str(core), *command]
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class Processes:
+    """The subprocesses of one bench run; whatever is still running at exit is stopped.
+
+    Each one starts in a session (and so a process group) of its own: a Ctrl-C in the
+    terminal then reaches only this harness, which stops them in order, and stopping
+    the group also stops any children (nginx's worker).
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.running: list[Proc] = []
+
+    def start(self, name: str, command: Sequence[str]) -> Proc:
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as out:
+            # Output goes to a file, never a pipe nobody reads: a full pipe would block
+            # the server mid-benchmark.
+            popen = subprocess.Popen(
+                list(command),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.running.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        if proc in self.running:
+            self.running.remove(proc)
+        if proc.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.popen.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.popen.wait()
+        # The group may outlive its leader (a worker still exiting): make sure.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.running)):
+            self.stop(proc)
+
+    @contextlib.contextmanager
+    def running_one(self, name: str, command: Sequence[str]) -> Iterator[Proc]:
+        proc = self.start(name, command)
+        try:
+            yield proc
+        finally:
+            self.stop(proc)
+
+
+class PortPicker:
+    """Free ephemeral ports, never the same one twice in a run.
+
+    The port is free when picked and released before the server binds it; another
+    process could take it in between, which the readiness check would then report.
+    """
+
+    def __init__(self) -> None:
+        self._given: set[int] = set()
+
+    def __call__(self) -> int:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((HOST, 0))
+                port = int(sock.getsockname()[1])
+            if port not in self._given:
+                self._given.add(port)
+                return port
+        raise BenchError("no free port found")
+
+
+def wait_ready(proc: Proc, port: int, timeout: float = READY_TIMEOUT_S) -> None:
+    """Return once ``port`` accepts connections; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise BenchError(
+                f"{proc.name} exited with {proc.popen.returncode} before accepting "
+                f"connections:\n{proc.log_tail()}"
+            )
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise BenchError(f"{proc.name} did not accept connections on {port} within {timeout:g}s")
+
+
+def probe(url: str) -> tuple[int, dict[str, str]]:
+    """One GET before measuring, so a misconfigured server (404s are fast) is caught."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            response.read()
+            return response.status, dict(response.headers.items())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items())
+    except OSError as exc:
+        raise BenchError(f"probe of {url} failed: {exc}") from exc
+
+
+def expect_ok(url: str, what: str) -> dict[str, str]:
+    status, headers = probe(url)
+    if status != 200:
+        raise BenchError(f"{what}: GET {url} answered {status}, expected 200")
+    return headers
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (nginx's worker), from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 1 and fields[1] == str(pid):
+            children.append(int(entry.name))
+    return children
+
+
+def affinity_of(pid: int) -> list[int] | None:
+    try:
+        return sorted(os.sched_getaffinity(pid))
+    except OSError:
+        return None
+
+
+def taskset_report(pid: int) -> str:
+    """What ``taskset -p PID`` says, as evidence in the results that pinning held."""
+    if shutil.which("taskset") is None:
+        return "taskset not available"
+    done = subprocess.run(["taskset", "-cp", str(pid)], capture_output=True, text=True, check=False)
+    return (done.stdout or done.stderr).strip()
+
+
+# --- CPU accounting ------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_lines() -> dict[str, tuple[int, int]]:
+    """``cpuN -> (busy, total)`` jiffies from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            name, *values = line.split()
+            numbers = [int(v) for v in values]
+            idle = numbers[3] + (numbers[4] if len(numbers) > 4 else 0)
+            total = sum(numbers[:8])  # guest time is already in user
+            out[name] = (total - idle, total)
+    return out
+
+
+def _proc_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) of a live process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _all_processes() -> dict[int, tuple[str, float]]:
+    """``pid -> (command name, CPU seconds)`` of every process visible in /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while being read
+        head, _, rest = stat.rpartition(")")
+        fields = rest.split()
+        out[int(entry.name)] = (head.partition("(")[2], (int(fields[11]) + int(fields[12])) / _TICK)
+    return out
+
+
+class CpuMeter:
+    """Busy share of each core and of each watched process over one measurement.
+
+    This is what tells a proxy's ceiling from its upstream's or the load generator's:
+    whichever process sits at ~100 % of its core is the bottleneck.
+    """
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self._cores = _cpu_lines()
+        self._procs = {name: [_proc_cpu(pid) for pid in ids] for name, ids in pids.items()}
+        self._self = resource.getrusage(resource.RUSAGE_SELF)
+        self._children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._everyone = _all_processes()
+        self._started = time.monotonic()
+
+    def finish(self) -> dict[str, Any]:
+        wall = time.monotonic() - self._started
+        cores = _cpu_lines()
+        core_share = {}
+        for name, (busy, total) in cores.items():
+            busy0, total0 = self._cores.get(name, (busy, total))
+            core_share[name] = round((busy - busy0) / max(1, total - total0), 3)
+        procs: dict[str, float | None] = {}
+        for name, ids in self.pids.items():
+            used = 0.0
+            for pid, before in zip(ids, self._procs[name], strict=True):
+                after = _proc_cpu(pid)
+                if before is None or after is None:
+                    continue
+                used += after - before
+            procs[name] = round(used / wall, 3) if wall > 0 else None
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # wrk is the only child reaped during a wrk measurement; the harness itself is
+        # the open-loop generator. Each is counted where it ran.
+        harness = (me.ru_utime + me.ru_stime) - (self._self.ru_utime + self._self.ru_stime)
+        reaped = (kids.ru_utime + kids.ru_stime) - (
+            self._children.ru_utime + self._children.ru_stime
+        )
+        procs["load_generator"] = round((harness + reaped) / wall, 3) if wall > 0 else None
+        # Other programs on the machine compete for the same cores (pinning keeps ours
+        # apart, not theirs): a large share means the figures are noisy, whatever
+        # they say. Processes that started and ended within the window are missed.
+        mine = {os.getpid(), *(pid for ids in self.pids.values() for pid in ids)}
+        foreign: dict[str, float] = {}
+        for pid, (name, after) in _all_processes().items():
+            if pid in mine:
+                continue
+            before = self._everyone.get(pid, (name, 0.0))[1]
+            if after - before > 0:
+                foreign[name] = foreign.get(name, 0.0) + after - before
+        top = sorted(foreign.items(), key=lambda item: -item[1])[:3]
+        others = {name: round(used / wall, 3) for name, used in top if used / wall >= 0.01}
+        foreign_share = sum(foreign.values()) / wall if wall > 0 else 0.0
+        # What is left: kernel work (loopback networking in softirq) and the missed.
+        ours = sum(share for share in procs.values() if share is not None)
+        kernel = max(0.0, sum(core_share.values()) - ours - foreign_share)
+        return {
+            "cores": core_share,
+            "processes": procs,
+            "other_processes": round(foreign_share, 3),
+            "other_top": others,
+            "unattributed": round(kernel, 3),
+        }
+
+
+# --- wrk -----------------------------------------------------------------------------------
+
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_WRK_PERCENTILE = re.compile(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.MULTILINE)
+_WRK_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+_WRK_TOTAL = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)", re.MULTILINE)
+_WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    """requests/s, latency percentiles (ms) and error counts from ``wrk --latency``."""
+    rps = _WRK_RPS.search(text)
+    if rps is None:
+        raise BenchError(f"cannot read wrk's output:\n{text}")
+    out: dict[str, Any] = {"rps": round(float(rps[1]), 1)}
+    for match in _WRK_PERCENTILE.finditer(text):
+        out[f"p{match[1]}_ms"] = round(float(match[2]) * _WRK_UNITS[match[3]], 3)
+    total = _WRK_TOTAL.search(text)
+    out["requests"] = int(total[1]) if total else None
+    non2xx = _WRK_NON2XX.search(text)
+    out["non_2xx"] = int(non2xx[1]) if non2xx else 0
+    sock = _WRK_SOCKET.search(text)
+    out["socket_errors"] = sum(int(n) for n in sock.groups()) if sock else 0
+    return out
+
+
+def wrk(url: str, seconds: float, cores: Cores) -> str:
+    command = cores.wrap(
+        [
+            "wrk",
+            f"-t{WRK_THREADS}",
+            f"-c{WRK_CONNECTIONS}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            url,
+        ],
+        cores.load,
+    )
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def measure_wrk(
+    url: str, seconds: int, cores: Cores, watch: dict[str, list[int]]
+) -> dict[str, Any]:
+    """One measured wrk run (no warm-up: the caller warms each server up once)."""
+    meter = CpuMeter(watch)
+    text = wrk(url, seconds, cores)
+    result = parse_wrk(text)
+    result["cpu"] = cpu = meter.finish()
+    # CPU time per request of the server under test: unlike req/s it barely moves when
+    # something else competes for the cores, so it is the steadier cost figure.
+    server_share = cpu["processes"].get("server")
+    if server_share is not None and result["rps"]:
+        result["server_cpu_us_per_request"] = round(server_share / result["rps"] * 1e6, 1)
+    upstream_share = cpu["processes"].get("upstream")
+    if upstream_share is not None and result["rps"]:
+        result["upstream_cpu_us_per_request"] = round(upstream_share / result["rps"] * 1e6, 1)
+    return result
+
+
+# --- rounds: medians and same-round ratios ------------------------------------------------
+
+#: The order of the closed-loop variants in round 1; each later round starts one further
+#: along (round 2 is d, c, d2, a, b), so no variant always runs first (straight after
+#: the warm-ups) or always last. b and d are adjacent so that the two runs behind the
+#: barred ratio d/b are as close in time as the rotation allows.
+ROUND_ORDER = ("b", "d", "c", "d2", "a")
+#: wrk takes whole seconds, and a run much shorter than this is mostly ramp-up.
+MIN_ROUND_S = 3
+DEFAULT_ROUNDS = 3
+#: Per-run figures whose median over the rounds is the variant's figure.
+ROUND_FIGURES = (
+    "rps",
+    "p50_ms",
+    "p75_ms",
+    "p90_ms",
+    "p99_ms",
+    "server_cpu_us_per_request",
+    "upstream_cpu_us_per_request",
+)
+#: ``x_over_y`` pairs computed round by round.
+RATIO_PAIRS = (("d", "b"), ("d", "c"), ("d2", "b"))
+#: The issue's bar: the proxy route keeps at least this share of the bare proxy's req/s.
+BAR_PROXY_THROUGHPUT = 0.9
+
+
+def round_seconds(duration: float, rounds: int) -> int:
+    """Seconds of each wrk run: ``duration`` split over the rounds, in whole seconds.
+
+    Rounded up, so every variant is measured for at least ``duration`` in total.
+    """
+    return max(MIN_ROUND_S, math.ceil(duration / rounds - 1e-9))
+
+
+def round_orders(keys: Sequence[str], rounds: int) -> list[list[str]]:
+    """``keys`` in ROUND_ORDER, rotated by one position per round."""
+    base = [key for key in ROUND_ORDER if key in keys]
+    if not base:
+        return [[] for _ in range(rounds)]
+    return [base[r % len(base) :] + base[: r % len(base)] for r in range(rounds)]
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _median(values: Sequence[float], digits: int = 3) -> float | None:
+    return round(statistics.median(values), digits) if values else None
+
+
+def summarise_rounds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A variant's figures over its rounds: the median of each, plus the runs themselves.
+
+    Medians rather than means: a round spoilt by another program on the machine moves
+    a median of three by at most the gap to its neighbour, a mean by a third of the
+    spike.
+    """
+    out: dict[str, Any] = {}
+    for figure in ROUND_FIGURES:
+        median = _median([run[figure] for run in runs if _number(run.get(figure))])
+        if median is not None:
+            out[figure] = median
+    for count in ("requests", "non_2xx", "socket_errors"):
+        out[count] = sum(run.get(count) or 0 for run in runs)
+    cpus = [run["cpu"] for run in runs if "cpu" in run]
+    if cpus:
+        out["cpu"] = _median_cpu(cpus)
+    out["rounds"] = list(runs)
+    return out
+
+
+def _median_cpu(cpus: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each CPU share's median over the rounds; other programs' also at their worst."""
+
+    def medians(group: str) -> dict[str, float | None]:
+        names = dict.fromkeys(name for cpu in cpus for name in cpu[group])
+        return {
+            name: _median([cpu[group][name] for cpu in cpus if _number(cpu[group].get(name))])
+            for name in names
+        }
+
+    others: dict[str, float] = {}
+    for cpu in cpus:
+        for name, share in cpu["other_top"].items():
+            others[name] = max(others.get(name, 0.0), share)
+    return {
+        "cores": medians("cores"),
+        "processes": medians("processes"),
+        "other_processes": _median([cpu["other_processes"] for cpu in cpus]),
+        # The noise check looks at the worst round: one noisy round is worth knowing of
+        # even when the median hides it.
+        "other_processes_max": max(cpu["other_processes"] for cpu in cpus),
+        "other_top": others,
+        "unattributed": _median([cpu["unattributed"] for cpu in cpus]),
+    }
+
+
+def ratios(variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+    """``x_over_y`` for each pair of RATIO_PAIRS, computed within each round.
+
+    x's and y's runs of the same round are minutes apart at most, so they share the
+    machine's state of the moment; the reported ratio is the median of those per-round
+    ratios (the lists are kept in ``per_round``). An rps ratio under 1 and latency
+    ratios over 1 mean x is slower than y. ``requests_per_server_cpu_s`` is y's server
+    CPU time per request divided by x's (b/d for d_over_b): the rps ratio the two would
+    show if each were limited by its own core alone; it moves less with the machine's
+    load than req/s does. None when either side is missing, skipped or in error.
+    """
+    return {f"{x}_over_{y}": _ratio(variants.get(x), variants.get(y)) for x, y in RATIO_PAIRS}
+
+
+def _ratio(x: dict[str, Any] | None, y: dict[str, Any] | None) -> dict[str, Any] | None:
+    if x is None or y is None or "rounds" not in x or "rounds" not in y:
+        return None  # not run, skipped, or failed before its first round
+    if "error" in x or "error" in y:
+        return None  # a variant that failed mid-way has fewer rounds: no fair pairing
+    y_runs = {run["round"]: run for run in y["rounds"]}
+    per_round: dict[str, list[float]] = {
+        "rps": [],
+        "p50_ms": [],
+        "p99_ms": [],
+        "requests_per_server_cpu_s": [],
+    }
+    rounds = []
+    for a in x["rounds"]:
+        b = y_runs.get(a["round"])
+        if b is None:
+            continue
+        rounds.append(a["round"])
+        for figure in ("rps", "p50_ms", "p99_ms"):
+            if _number(a.get(figure)) and _number(b.get(figure)) and b[figure]:
+                per_round[figure].append(a[figure] / b[figure])
+        cpu_x = a.get("server_cpu_us_per_request")
+        cpu_y = b.get("server_cpu_us_per_request")
+        if _number(cpu_x) and _number(cpu_y) and cpu_x:
+            per_round["requests_per_server_cpu_s"].append(cpu_y / cpu_x)
+    if not per_round["rps"]:
+        return None
+    out: dict[str, Any] = {
+        figure: _median(values) for figure, values in per_round.items() if values
+    }
+    out["per_round"] = {
+        figure: [round(value, 3) for value in values]
+        for figure, values in per_round.items()
+        if values
+    }
+    out["rounds"] = rounds
+    return out
+
+
+CLOSED_LOOP_BARS = ("proxy_throughput",)
+
+
+def closed_loop_bars(ratio: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+    """The throughput bar, when both b and d were measured."""
+    d_over_b = ratio.get("d_over_b")
+    if d_over_b is None or not _number(d_over_b.get("rps")):
+        return {}
+    value = d_over_b["rps"]
+    return {
+        "proxy_throughput": {
+            "pass": value >= BAR_PROXY_THROUGHPUT,
+            "value": value,
+            "rule": f"median over rounds of d/b req/s in the same round >= "
+            f"{BAR_PROXY_THROUGHPUT:g}",
+            "per_round": d_over_b["per_round"]["rps"],
+        }
+    }
+
+
+# --- open loop -----------------------------------------------------------------------------
+
+
+def measure_open_loop(
+    url: str, rate: float, duration: float, watch: dict[str, list[int]]
+) -> tuple[dict[str, Any], LoadResult]:
+    # The warm-up runs on the same connections, inside the measured call; the CPU meter
+    # spans it too, which is harmless: it runs at the same rate, and shares are per second.
+    meter = CpuMeter(watch)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        result = runner.run(run_open_loop(url, rate=rate, duration=duration, warmup=WARMUP_S))
+    cpu = meter.finish()
+    ms = 1000.0
+    summary: dict[str, Any] = {
+        "tool": f"gateway.loadgen open loop, {rate:g} req/s for {duration:g}s",
+        "url": url,
+        "rate": rate,
+        "requests": len(result.samples),
+        "achieved_rate": round(result.achieved_rate, 1),
+        "p50_ms": round(result.percentile(50) * ms, 3),
+        "p90_ms": round(result.percentile(90) * ms, 3),
+        "p99_ms": round(result.percentile(99) * ms, 3),
+        "max_ms": round(result.percentile(100) * ms, 3),
+        "errors": result.errors,
+        "statuses": result.status_counts(),
+        "partial_share": round(result.partial_share, 4),
+        "send_lag_p99_ms": round(result.send_lag(99) * ms, 3),
+        "send_lag_max_ms": round(result.send_lag(100) * ms, 3),
+        "server_timing_ms": server_timing_summary(result),
+        "cpu": cpu,
+    }
+    server_share = cpu["processes"].get("server")
+    if server_share is not None and result.achieved_rate > 0:
+        # The warm-up ran at the same rate, so the share still divides by this rate.
+        summary["server_cpu_us_per_request"] = round(server_share / result.achieved_rate * 1e6, 1)
+    return summary, result
+
+
+def server_timing_summary(result: LoadResult) -> dict[str, dict[str, float]]:
+    """p50/p99 of each Server-Timing entry: how the gateway spent each response's time."""
+    by_name: dict[str, list[float]] = {}
+    for sample in result.samples:
+        if sample.server_timing is None:
+            continue
+        for name, dur, _desc in parse_server_timing(sample.server_timing):
+            if dur is not None:
+                by_name.setdefault(name, []).append(dur)
+    return {
+        name: {
+            "p50": round(percentile(values, 50), 2),
+            "p99": round(percentile(values, 99), 2),
+        }
+        for name, values in by_name.items()
+    }
+
+
+# --- configurations ------------------------------------------------------------------------
+
+
+def services_command(ports: dict[str, int], latency: str | None, p99: str | None) -> list[str]:
+    command = [PYTHON, "-m", "examples.services", "--only", ",".join(ports)]
+    for kind, port in ports.items():
+        command += ["--port", f"{kind}={port}"]
+        if latency is not None:
+            command += ["--latency", f"{kind}={latency}"]
+        if p99 is not None:
+            command += ["--p99", f"{kind}={p99}"]
+    return command
+
+
+def write_gateway_config(
+    folder: Path, port: int, routes: list[dict[str, Any]], access_log: str = "off", **extra: Any
+) -> Path:
+    config = {
+        "server": {
+            "listen": {"host": HOST, "port": port},
+            "access_log": access_log,
+            "watch": False,
+        },
+        **extra,
+        "routes": routes,
+    }
+    path = folder / "gateway.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def proxy_gateway_config(folder: Path, port: int, upstream: str, access_log: str) -> Path:
+    return write_gateway_config(
+        folder,
+        port,
+        routes=[
+            {
+                "name": "users",
+                "path": "/users/{id}",
+                "methods": ["GET"],
+                "proxy": {"upstream": "users", "timeout": "5s"},
+            }
+        ],
+        access_log=access_log,
+        upstreams={"users": {"targets": [upstream]}},
+    )
+
+
+def fanout_backends(origins: dict[str, str], slow: bool) -> dict[str, Any]:
+    slow_suffix = f"&delay={SLOW_DELAY}" if slow else ""
+    return {
+        "users": {"url": f"{origins['users']}/users/{{id}}", "required": True},
+        "orders": {"url": f"{origins['orders']}/orders?user={{id}}", "fallback": {"items": []}},
+        "recommendations": {
+            "url": f"{origins['recommendations']}/recommendations?user={{id}}{slow_suffix}",
+            "fallback": {"items": []},
+        },
+        "inventory": {"url": f"{origins['inventory']}/inventory?skus=SKU-{{id}}"},
+        "notifications": {
+            "url": f"{origins['notifications']}/notifications?user={{id}}",
+            "fallback": {"unread": 0, "items": []},
+        },
+    }
+
+
+def fanout_gateway_config(folder: Path, port: int, origins: dict[str, str]) -> Path:
+    budget = f"{FANOUT_BUDGET_MS}ms"
+    return write_gateway_config(
+        folder,
+        port,
+        routes=[
+            {
+                "name": "fanout",
+                "path": "/fanout/{id}",
+                "fanout": {"budget": budget, "backends": fanout_backends(origins, slow=False)},
+            },
+            {
+                "name": "fanout-slow",
+                "path": "/fanout-slow/{id}",
+                "fanout": {"budget": budget, "backends": fanout_backends(origins, slow=True)},
+            },
+        ],
+    )
+
+
+def nginx_version() -> tuple[int, ...] | None:
+    done = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
+    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", done.stderr + done.stdout)
+    return tuple(int(n) for n in match.groups()) if match else None
+
+
+def nginx_command(folder: Path, port: int, upstream_port: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = folder / "nginx.conf"
+    temp = {
+        name: folder / name
+        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")  # all under tmp
+    }
+    conf.write_text(
+        f"""\
+worker_processes 1;
+daemon off;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {temp["client_body"]};
+    proxy_temp_path {temp["proxy"]};
+    fastcgi_temp_path {temp["fastcgi"]};
+    uwsgi_temp_path {temp["uwsgi"]};
+    scgi_temp_path {temp["scgi"]};
+    upstream users {{
+        server {HOST}:{upstream_port};
+        keepalive 64;
+    }}
+    server {{
+        listen {HOST}:{port};
+        location / {{
+            proxy_pass http://users;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+    )
+    command = ["nginx", "-p", str(folder), "-c", str(conf)]
+    version = nginx_version()
+    if version is not None and version >= (1, 19, 5):
+        # Otherwise nginx opens its compiled-in error log before reading the config.
+        command += ["-e", str(folder / "error.log")]
+    return command
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """A closed-loop variant whose server is up and answering, and its runs so far."""
+
+    key: str
+    url: str
+    port: int
+    #: The server under test, started here; None for a (the users service, direct).
+    proc: Proc | None = None
+    access_log: Path | None = None
+    #: Its processes (nginx: master and worker), known once it is ready.
+    server_pids: list[int] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Run:
+    duration: float
+    rounds: int
+    only: tuple[str, ...]
+    cores: Cores
+    procs: Processes
+    workdir: Path
+    port: PortPicker = field(default_factory=PortPicker)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pinning: dict[str, Any] = field(default_factory=dict)
+    orders: list[list[str]] = field(default_factory=list)
+
+    @property
+    def round_s(self) -> int:
+        return round_seconds(self.duration, self.rounds)
+
+    def server(self, name: str, command: Sequence[str]) -> contextlib.AbstractContextManager[Proc]:
+        return self.procs.running_one(name, self.cores.wrap(command, self.cores.server))
+
+    def start_server(self, name: str, command: Sequence[str]) -> Proc:
+        """Like ``server`` for one that outlives a block: stopped by its owner or at exit."""
+        return self.procs.start(name, self.cores.wrap(command, self.cores.server))
+
+    def record_pinning(self, proc: Proc, role: str) -> None:
+        pids = [proc.pid, *child_pids(proc.pid)]
+        self.pinning[proc.name] = {
+            "role": role,
+            "pids": {str(pid): affinity_of(pid) for pid in pids},
+            "taskset": taskset_report(proc.pid),
+        }
+
+    def say(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def variant(self, key: str, measure: Callable[[], dict[str, Any]]) -> None:
+        if key not in self.only:
+            return
+        self.say(f"[{key}] {NAMES[key]} ...")
+        started = time.monotonic()
+        try:
+            result = measure()
+        except BenchError as exc:
+            self.say(f"[{key}] FAILED: {exc}")
+            result = {"error": str(exc)}
+        result = {"name": NAMES[key], **result}
+        self.variants[key] = result
+        self.say(f"[{key}] done in {time.monotonic() - started:.1f}s")
+
+    def setup_failed(self, keys: Sequence[str], error: BenchError) -> None:
+        """What the variants that depended on a failed shared set-up record."""
+        self.say(f"set-up FAILED: {error}")
+        for key in keys:
+            if key in self.only and key not in self.variants:
+                self.variants[key] = {"name": NAMES[key], "error": f"set-up failed: {error}"}
+
+    # -- a to d2: one users service, every server under test in front of it, in rounds --
+
+    def run_proxies(self) -> None:
+        keys = ("a", "b", "c", "d", "d2")
+        if not set(keys) & set(self.only):
+            return
+        try:
+            self._run_proxies()
+        except BenchError as exc:
+            self.setup_failed(keys, exc)
+
+    def _run_proxies(self) -> None:
+        port = self.port()
+        users = self.procs.start(
+            "users",
+            self.cores.wrap(services_command({"users": port}, "0ms", "0ms"), self.cores.load),
+        )
+        targets: list[Target] = []
+        try:
+            wait_ready(users, port)
+            self.record_pinning(users, "upstream (load core)")
+            upstream = f"http://{HOST}:{port}"
+            expect_ok(upstream + USER_PATH, "users service")
+            targets = self._start_targets(upstream, port)
+            self._measure_rounds(targets, users)
+        finally:
+            for target in targets:
+                if target.proc is not None:
+                    self.procs.stop(target.proc)
+            self.procs.stop(users)
+        for target in targets:
+            self._record(target)
+
+    def _start_targets(self, upstream: str, upstream_port: int) -> list[Target]:
+        """Every selected server, started at once and then checked one by one.
+
+        They all stay up for the whole of the rounds: an idle asyncio server or nginx
+        costs no CPU (the gateway's health checks are passive), and restarting them
+        per round would measure cold servers. Their CPU is still watched
+        (``idle_servers``) to show they stayed idle.
+        """
+        targets: list[Target] = []
+        for key in ROUND_ORDER:
+            if key not in self.only:
+                continue
+            if key == "c" and shutil.which("nginx") is None:
+                self.variants["c"] = {"name": NAMES["c"], "skipped": "nginx is not on PATH"}
+                continue
+            if key == "a":
+                targets.append(Target(key, upstream + USER_PATH, upstream_port))
+                continue
+            port = self.port()
+            access_log: Path | None = None
+            if key == "b":
+                command = [
+                    PYTHON,
+                    "-m",
+                    "bench.baseline_proxy",
+                    "--port",
+                    str(port),
+                    "--upstream",
+                    upstream,
+                ]
+                proc = self.start_server("baseline", command)
+            elif key == "c":
+                command = nginx_command(self.workdir / "nginx", port, upstream_port)
+                proc = self.start_server("nginx", command)
+            else:
+                name = "gateway" if key == "d" else "gateway-log"
+                if key == "d2":
+                    access_log = self.workdir / name / "access.log"
+                config = proxy_gateway_config(
+                    self.workdir / name, port, upstream, str(access_log or "off")
+                )
+                command = [PYTHON, "-m", "gateway", "run", "-c", str(config)]
+                proc = self.start_server(name, command)
+            url = f"http://{HOST}:{port}{USER_PATH}"
+            targets.append(Target(key, url, port, proc, access_log))
+        for target in targets:
+            try:
+                self._check(target)
+            except BenchError as exc:
+                self.say(f"[{target.key}] FAILED: {exc}")
+                target.error = str(exc)
+        return targets
+
+    def _check(self, target: Target) -> None:
+        """Wait for the server, record its pinning, and make sure it answers properly."""
+        proc = target.proc
+        if proc is not None:
+            wait_ready(proc, target.port)
+            nginx = target.key == "c"
+            self.record_pinning(proc, f"server under test{' (master + worker)' if nginx else ''}")
+            # nginx forks its worker after it starts listening: look for it only now.
+            target.server_pids = [proc.pid, *child_pids(proc.pid)]
+        headers = expect_ok(target.url, NAMES[target.key])
+        if target.key in ("d", "d2") and "Server-Timing" not in headers:
+            raise BenchError("the gateway's answer has no Server-Timing: not the gateway?")
+
+    def _measure_rounds(self, targets: list[Target], users: Proc) -> None:
+        live = {target.key: target for target in targets if target.error is None}
+        self.orders = round_orders(list(live), self.rounds)
+        if not live:
+            return
+        # One warm-up per server, before the first round: connections, caches and code
+        # paths warm. Later rounds find them still warm, the servers having stayed up.
+        for key in self.orders[0]:
+            self.say(f"[{key}] {NAMES[key]}: warm-up {WARMUP_S:g}s")
+            target = live[key]
+            self._guard(target, functools.partial(wrk, target.url, WARMUP_S, self.cores))
+        for number, order in enumerate(self.orders, start=1):
+            for position, key in enumerate(order, start=1):
+                target = live[key]
+                if target.error is not None:
+                    continue
+                self.say(f"[round {number}/{self.rounds}] [{key}] {NAMES[key]}: {self.round_s}s")
+                idle = [
+                    pid
+                    for other in targets
+                    if other is not target and other.proc is not None
+                    for pid in other.server_pids
+                ]
+                watch = {"upstream": [users.pid], "idle_servers": idle}
+                if target.server_pids:
+                    watch["server"] = target.server_pids
+                measure = functools.partial(
+                    measure_wrk, target.url, self.round_s, self.cores, watch
+                )
+                result = self._guard(target, measure)
+                if result is not None:
+                    target.runs.append({"round": number, "position": position, **result})
+
+    def _guard(self, target: Target, call: Callable[[], _T]) -> _T | None:
+        """``call()``, or None with the target marked failed if it raised.
+
+        A server that died is caught here rather than measured as a storm of socket
+        errors; a failed variant is left out of the remaining rounds.
+        """
+        try:
+            if target.proc is not None and target.proc.popen.poll() is not None:
+                raise BenchError(
+                    f"{target.proc.name} exited with {target.proc.popen.returncode}:\n"
+                    f"{target.proc.log_tail()}"
+                )
+            return call()
+        except BenchError as exc:
+            self.say(f"[{target.key}] FAILED: {exc}")
+            target.error = str(exc)
+            return None
+
+    def _record(self, target: Target) -> None:
+        result: dict[str, Any] = {"name": NAMES[target.key]}
+        if target.error is not None:
+            result["error"] = target.error
+        if target.runs:
+            result.update(summarise_rounds(target.runs))
+        result["tool"] = (
+            f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{self.round_s}s, "
+            f"{len(target.runs)} of {self.rounds} rounds"
+        )
+        result["url"] = target.url
+        if target.access_log is not None and target.runs:
+            # Read once the gateway has drained and exited: only then is the log complete.
+            path = target.access_log
+            size = path.stat().st_size if path.exists() else 0
+            count = 0
+            if path.exists():
+                with path.open("rb") as lines:
+                    count = sum(1 for _ in lines)
+            result["access_log"] = {"lines": count, "bytes": size}
+        self.variants[target.key] = result
+
+    # -- e and f: five services and a fan-out route ------------------------------------
+
+    def run_fanouts(self) -> None:
+        keys = ("e", "f")
+        if not set(keys) & set(self.only):
+            return
+        try:
+            self._run_fanouts()
+        except BenchError as exc:
+            self.setup_failed(keys, exc)
+
+    def _run_fanouts(self) -> None:
+        ports = {kind: self.port() for kind in KINDS}
+        services = self.procs.start(
+            "services",
+            self.cores.wrap(services_command(ports, "5ms", "6ms"), self.cores.load),
+        )
+        try:
+            for port in ports.values():
+                wait_ready(services, port)
+            self.record_pinning(services, "upstreams (load core)")
+            origins = {kind: f"http://{HOST}:{port}" for kind, port in ports.items()}
+            port = self.port()
+            config = fanout_gateway_config(self.workdir / "gateway-fanout", port, origins)
+            command = [PYTHON, "-m", "gateway", "run", "-c", str(config)]
+            with self.server("gateway-fanout", command) as gateway:
+                wait_ready(gateway, port)
+                self.record_pinning(gateway, "server under test")
+                base = f"http://{HOST}:{port}"
+                watch = {"server": [gateway.pid], "upstream": [services.pid]}
+                self.variant("e", lambda: self._fanout(f"{base}/fanout/42", watch))
+                self.variant("f", lambda: self._fanout_slow(f"{base}/fanout-slow/42", watch))
+        finally:
+            self.procs.stop(services)
+
+    def _fanout(self, url: str, watch: dict[str, list[int]]) -> dict[str, Any]:
+        expect_ok(url, "fan-out route")
+        summary, _ = measure_open_loop(url, FANOUT_RATE, self.duration, watch)
+        summary["bars"] = {
+            f"p99_ms<={BAR_FANOUT_P99_MS:g}": _bar(
+                summary["p99_ms"] <= BAR_FANOUT_P99_MS, summary["p99_ms"]
+            ),
+        }
+        return summary
+
+    def _fanout_slow(self, url: str, watch: dict[str, list[int]]) -> dict[str, Any]:
+        headers = expect_ok(url, "slow fan-out route")
+        if "Gateway-Partial" not in headers:
+            raise BenchError("the slow fan-out answered without Gateway-Partial")
+        summary, _ = measure_open_loop(url, SLOW_RATE, self.duration, watch)
+        summary["bars"] = {
+            f"p99_ms<={BAR_SLOW_P99_MS:g}": _bar(
+                summary["p99_ms"] <= BAR_SLOW_P99_MS, summary["p99_ms"]
+            ),
+            "partial_share==100%": _bar(summary["partial_share"] == 1.0, summary["partial_share"]),
+        }
+        return summary
+
+
+def _bar(passed: bool, value: float) -> dict[str, Any]:
+    return {"pass": passed, "value": value}
+
+
+def machine_info(cores: Cores) -> dict[str, Any]:
+    def version(command: list[str]) -> str | None:
+        if shutil.which(command[0]) is None:
+            return None
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        return lines[0] if lines else None
+
+    return {
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "aiohttp": aiohttp.__version__,
+        "uvloop": importlib.metadata.version("uvloop"),
+        "wrk": version(["wrk", "-v"]),
+        "nginx": version(["nginx", "-v"]),
+        "cores": {"server_under_test": cores.server, "load_and_upstreams": cores.load},
+    }
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def _fmt(value: object, spec: str = ".2f") -> str:
+    if isinstance(value, int | float):
+        return format(value, spec)
+    return "-"
+
+
+def print_table(report: dict[str, Any]) -> None:
+    variants: dict[str, dict[str, Any]] = report["variants"]
+    print()
+    if any(key in variants for key in ("a", "b", "c", "d", "d2")):
+        print_closed_loop(report)
+    if any(key in variants for key in ("e", "f")):
+        print_open_loop(report)
+    if report["noise"]["noisy"]:
+        print(
+            f"warning: other programs used up to {report['noise']['max_other_processes']:.0%} "
+            f"of a core during {', '.join(report['noise']['noisy'])}: those figures are noisy"
+        )
+        print()
+
+
+def print_closed_loop(report: dict[str, Any]) -> None:
+    variants: dict[str, dict[str, Any]] = report["variants"]
+    rounds, round_s = report["rounds"], report["round_s"]
+    print(
+        f"Closed loop (wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {rounds} rounds of {round_s}s "
+        f"per variant, interleaved; medians over the rounds)"
+    )
+    header = f"  {'':3}{'variant':<34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    print(header + f"{'us/req':>8}{'server':>8}{'upstrm':>8}{'core0':>7}{'core1':>7}{'other':>7}")
+    measured = []
+    for key in ("a", "b", "c", "d", "d2"):
+        v = variants.get(key)
+        if v is None:
+            continue
+        if "cpu" not in v:
+            print(f"  {key:<3}{v['name']:<34}{v.get('error') or v.get('skipped')}")
+            continue
+        measured.append(key)
+        cpu = v["cpu"]
+        errors = v["non_2xx"] + v["socket_errors"]
+        print(
+            f"  {key:<3}{v['name']:<34}{_fmt(v['rps'], '.0f'):>10}{_fmt(v.get('p50_ms')):>9}"
+            f"{_fmt(v.get('p99_ms')):>9}{errors:>8}"
+            f"{_fmt(v.get('server_cpu_us_per_request'), '.0f'):>8}"
+            f"{_fmt(cpu['processes'].get('server'), '.0%'):>8}"
+            f"{_fmt(cpu['processes'].get('upstream'), '.0%'):>8}"
+            f"{_fmt(cpu['cores'].get('cpu0'), '.0%'):>7}{_fmt(cpu['cores'].get('cpu1'), '.0%'):>7}"
+            f"{_fmt(cpu['other_processes_max'], '.0%'):>7}"
+        )
+        if "error" in v:
+            print(f"     FAILED after {len(v['rounds'])} rounds: {v['error']}")
+    if measured:
+        print("  per round, in round order (req/s, server us/req):")
+        for key in measured:
+            runs = " ".join(
+                f"{run['rps']:>7.0f} {_fmt(run.get('server_cpu_us_per_request'), '.0f'):>4}"
+                for run in variants[key]["rounds"]
+            )
+            print(f"    {key:<3}{runs}")
+    for name, ratio in report["ratios"].items():
+        if ratio is None:
+            continue
+        line = f"  {name}: rps x{ratio['rps']:.3f} {_rounds(ratio, 'rps')}"
+        for figure, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+            if figure in ratio:
+                line += f", {label} x{ratio[figure]:.2f}"
+        if "requests_per_server_cpu_s" in ratio:
+            line += (
+                f", req per server CPU-s x{ratio['requests_per_server_cpu_s']:.3f} "
+                f"{_rounds(ratio, 'requests_per_server_cpu_s')}"
+            )
+        print(line)
+    for name, outcome in report["bars"].items():
+        if name in CLOSED_LOOP_BARS:
+            print(
+                f"  bar {name} ({outcome['rule']}): {'PASS' if outcome['pass'] else 'FAIL'} "
+                f"({outcome['value']:.3f})"
+            )
+    print()
+
+
+def _rounds(ratio: dict[str, Any], figure: str) -> str:
+    """The per-round values behind a median ratio, e.g. ``[0.91 0.95 0.93]``."""
+    return "[" + " ".join(f"{value:.2f}" for value in ratio["per_round"][figure]) + "]"
+
+
+def print_open_loop(report: dict[str, Any]) -> None:
+    variants: dict[str, dict[str, Any]] = report["variants"]
+    print("Open loop (gateway.loadgen)")
+    for key in ("e", "f"):
+        v = variants.get(key)
+        if v is None:
+            continue
+        if "error" in v:
+            print(f"  {key:<3}{v['name']:<34}{v['error']}")
+            continue
+        print(
+            f"  {key:<3}{v['name']:<34}{v['rate']:g} req/s (achieved {v['achieved_rate']:g}): "
+            f"p50 {v['p50_ms']:.2f}  p90 {v['p90_ms']:.2f}  p99 {v['p99_ms']:.2f}  "
+            f"max {v['max_ms']:.2f} ms  errors {v['errors']}  partial {v['partial_share']:.1%}"
+        )
+        for bar, outcome in v["bars"].items():
+            print(f"      bar {bar}: {'PASS' if outcome['pass'] else 'FAIL'} ({outcome['value']})")
+    print()
+
+
+#: Other programs' CPU use (share of one core) above which a variant is flagged noisy.
+NOISE_THRESHOLD = 0.05
+
+
+def noise(variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    # The closed-loop variants' worst round counts: a median can hide a noisy one.
+    shares = {
+        key: v["cpu"].get("other_processes_max", v["cpu"]["other_processes"])
+        for key, v in variants.items()
+        if "cpu" in v
+    }
+    return {
+        "threshold": NOISE_THRESHOLD,
+        "max_other_processes": max(shares.values(), default=0.0),
+        "noisy": [key for key, share in shares.items() if share > NOISE_THRESHOLD],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="seconds measured per variant (10); a to d2 split them over the rounds",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help=f"interleaved rounds of the closed-loop variants a to d2 ({DEFAULT_ROUNDS}); "
+        f"each wrk run lasts duration/rounds s, rounded up, at least {MIN_ROUND_S} s",
+    )
+    parser.add_argument(
+        "--only", default=",".join(ALL_VARIANTS), help="comma-separated variants (all)"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=RESULTS, help="JSON results file (%(default)s)"
+    )
+    args = parser.parse_args(argv)
+    only = tuple(v.strip() for v in args.only.split(",") if v.strip())
+    unknown = sorted(set(only) - set(ALL_VARIANTS))
+    if unknown or not only:
+        parser.error(f"--only takes variants among {', '.join(ALL_VARIANTS)}; got {unknown}")
+    if not args.duration >= 1:
+        parser.error("--duration must be at least 1 second")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if shutil.which("wrk") is None and set(only) & {"a", "b", "c", "d", "d2"}:
+        parser.error("wrk is not on PATH (variants a to d2 need it)")
+
+    # SIGTERM (a CI timeout, `kill`) must unwind through the finally blocks like Ctrl-C.
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    cores = Cores.pick()
+    if cores.pinned and shutil.which("taskset") is None:
+        cores = Cores(None, None)
+    if cores.load is not None:
+        # The harness is the open-loop generator: keep it off the server's core.
+        os.sched_setaffinity(0, {cores.load})
+    else:
+        print("warning: fewer than 2 cores (or no taskset): nothing is pinned", file=sys.stderr)
+
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    procs = Processes(workdir)
+    run = Run(args.duration, args.rounds, only, cores, procs, workdir)
+    run.pinning["harness"] = {"role": "load generator", "pids": {str(os.getpid()): affinity_of(0)}}
+    try:
+        run.run_proxies()
+        run.run_fanouts()
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every server", file=sys.stderr)
+        return 130
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    ratio = ratios(run.variants)
+    report: dict[str, Any] = {
+        "duration_s": args.duration,
+        "rounds": run.rounds,
+        "round_s": run.round_s,
+        "round_orders": run.orders,
+        "warmup_s": WARMUP_S,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "machine": machine_info(cores),
+        "variants": run.variants,
+        "ratios": ratio,
+        "bars": {
+            **closed_loop_bars(ratio),
+            **{
+                f"{key}.{bar}": outcome
+                for key in ("e", "f")
+                for bar, outcome in run.variants.get(key, {}).get("bars", {}).items()
+            },
+        },
+        "noise": noise(run.variants),
+        "pinning": run.pinning,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"results: {args.output}  ({report['elapsed_s']:g}s)")
+    failed = [name for name, outcome in report["bars"].items() if not outcome["pass"]]
+    broken = [key for key, v in run.variants.items() if "error" in v]
+    if failed or broken:
+        print(f"FAILED: bars {failed or 'none'}; variants in error {broken or 'none'}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shared state behind small protocols: SQLite (one node) and Redis (several nodes)."""
