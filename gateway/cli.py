@@ -12,6 +12,7 @@ from typing import Any
 from .config import ConfigError, load_config
 from .config.loader import LoadedConfig
 from .config.units import format_duration
+from .credentials_cli import add_commands as add_credential_commands
 from .serve import serve, until_stop_signal
 
 DEFAULT_CONFIG = "config/gateway.yaml"
@@ -46,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     mocks = commands.add_parser("mocks", help="run the five sample services")
     services.add_arguments(mocks)
     mocks.set_defaults(func=_cmd_mocks)
+
+    add_credential_commands(commands, DEFAULT_CONFIG)
 
     demo = commands.add_parser("demo", help="the sample services and the gateway together")
     demo.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="gateway YAML file")

@@ -35,7 +35,7 @@ class CompiledRoute:
     name: str
     path: str
     methods: tuple[str, ...]
-    kind: Literal["proxy", "fanout"]
+    kind: Literal["proxy", "fanout", "builtin"]
     #: The request's whole time budget on this route, in seconds.
     budget: float
     handler: Handler

@@ -13,7 +13,10 @@ from urllib.parse import urlsplit
 
 from .config.loader import LoadedConfig
 from .config.model import GatewayConfig, HealthSpec, PoolSpec, RouteSpec
-from .pipeline import CompiledRoute, Handler, build_chain
+from .pipeline import CompiledRoute, Handler, Policy, build_chain
+from .policies.auth.oauth import JwksEndpoint, TokenEndpoint
+from .policies.auth.policy import ApiKeyMethod, AuthPolicy, JwtMethod, Method, ScopeRule
+from .policies.auth.services import AuthServices
 from .routing import Router, compile_template
 from .upstream.assemble import make_part
 from .upstream.fanout import Backend, FanoutHandler
@@ -37,16 +40,21 @@ class Runtime:
     in_flight: int = 0
 
 
-async def build_runtime(loaded: LoadedConfig, registry: PoolRegistry) -> Runtime:
+async def build_runtime(
+    loaded: LoadedConfig, registry: PoolRegistry, auth: AuthServices | None = None
+) -> Runtime:
     """Build every route of ``loaded``. Runs on the event loop (it opens sessions)."""
     config = loaded.config
-    builder = _Builder(config, registry)
+    builder = _Builder(config, registry, auth)
     router: Router[CompiledRoute] = Router()
     routes = []
     try:
         for spec in config.routes:
             route = builder.compile(spec)
             router.add(compile_template(spec.path), spec.methods, route)
+            routes.append(route)
+        for route in builder.builtin_routes():
+            router.add(compile_template(route.path), route.methods, route)
             routes.append(route)
     except BaseException:
         # Leave the registry as it was: a failed build must not leak pools.
@@ -62,10 +70,14 @@ async def build_runtime(loaded: LoadedConfig, registry: PoolRegistry) -> Runtime
 
 
 class _Builder:
-    def __init__(self, config: GatewayConfig, registry: PoolRegistry) -> None:
+    def __init__(
+        self, config: GatewayConfig, registry: PoolRegistry, auth: AuthServices | None
+    ) -> None:
         self.config = config
         self.registry = registry
+        self.auth = auth
         self.keys: list[PoolKey] = []
+        self.jwt = auth.jwt_verifier(config) if auth is not None else None
         server = config.server
         self.settings = ProxySettings(
             via=server.via,
@@ -73,6 +85,7 @@ class _Builder:
             forwarded_headers=server.forwarded_headers,
             max_body_size=server.limits.max_body_size,
             buffer_limit=BUFFER_LIMIT,
+            identity_headers=_identity_header_names(config),
         )
 
     def compile(self, spec: RouteSpec) -> CompiledRoute:
@@ -139,13 +152,63 @@ class _Builder:
             methods=tuple(spec.methods),
             kind=kind,
             budget=budget,
-            handler=build_chain([], terminal),
+            handler=build_chain(self._policies(spec), terminal),
         )
+
+    def _policies(self, spec: RouteSpec) -> list[Policy]:
+        if spec.auth == "none":
+            return []
+        if self.auth is None:
+            raise RuntimeError("a route authenticates but auth services were not started")
+        methods: list[Method] = []
+        for name in spec.auth:
+            if name == "api_key":
+                keys = self.config.auth.api_keys
+                methods.append(ApiKeyMethod(self.auth.api_keys, keys.header, keys.query_param))
+            else:
+                assert self.jwt is not None
+                allowed = frozenset(spec.issuers) if spec.issuers is not None else None
+                methods.append(JwtMethod(self.jwt, allowed))
+        scopes = ScopeRule(spec.scopes) if spec.scopes is not None else None
+        return [AuthPolicy(methods, scopes, spec.identity_headers)]
+
+    def builtin_routes(self) -> list[CompiledRoute]:
+        """The token endpoint and the JWKS, when the gateway issues tokens."""
+        oauth = self.config.auth.oauth
+        if not oauth.enabled or self.auth is None:
+            return []
+        auth = self.auth
+        token = TokenEndpoint(
+            store=auth.store,
+            peppers=auth.peppers,
+            sign=auth.signing.sign,
+            spec=oauth,
+            clock=auth.clock,
+        )
+        jwks = JwksEndpoint(lambda: auth.signing.jwks_document)
+        return [
+            CompiledRoute("oauth-token", oauth.token_path, ("POST",), "builtin", 5.0, token),
+            CompiledRoute("jwks", oauth.jwks_path, ("GET",), "builtin", 5.0, jwks),
+        ]
 
     def _pool(self, key: PoolKey) -> UpstreamPool:
         pool = self.registry.acquire(key)
         self.keys.append(key)
         return pool
+
+
+def _identity_header_names(config: GatewayConfig) -> frozenset[str]:
+    """Every header name any route sends upstream as identity: never from a client."""
+    names: set[str] = set()
+    for route in config.routes:
+        spec = route.identity_headers
+        names.update(
+            name
+            for name in (spec.consumer_id, spec.plan, spec.scopes, spec.credential)
+            if name is not None
+        )
+        names.update(spec.claims.values())
+    return frozenset(names)
 
 
 def _split_url(url: str) -> tuple[str, str]:

@@ -15,10 +15,12 @@ from aiohttp.http_exceptions import LineTooLong
 
 from .config.errors import ConfigError
 from .config.loader import LoadedConfig, load_config
+from .config.model import GatewayConfig
 from .context import Clock, Deadline, RequestContext, SystemClock
 from .errors import GatewayError, HeadersTooLarge, problem_body, problem_response
 from .observability import SERVER_NAME, AccessLog, RequestIds, stamp_response
 from .paths import normalise_path
+from .policies.auth.services import AuthServices, needs_auth
 from .runtime import Runtime, build_runtime
 from .upstream.headers import BUDGET_HEADER
 from .upstream.pool import PoolRegistry
@@ -74,6 +76,7 @@ class Gateway:
         self._ids = RequestIds()
         self._access_log = AccessLog.open(loaded.config.server.access_log)
         self._runner: web.ServerRunner | None = None
+        self.auth: AuthServices | None = None
         self._site: web.TCPSite | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
@@ -85,7 +88,8 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        self.runtime = await build_runtime(self._loaded, self._registry)
+        await self._start_auth_if_needed(self._loaded)
+        self.runtime = await build_runtime(self._loaded, self._registry, self.auth)
         server_spec = self._loaded.config.server
         limits = server_spec.limits
         server = _Server(
@@ -118,6 +122,8 @@ class Gateway:
         for task in list(self._retiring):
             task.cancel()
         await self._registry.close()
+        if self.auth is not None:
+            await self.auth.close()
         self._access_log.close()
 
     # -- reload ------------------------------------------------------------------
@@ -127,7 +133,8 @@ class Gateway:
         async with self._reload_lock:
             try:
                 loaded = await asyncio.to_thread(load_config, self.config_path)
-                runtime = await build_runtime(loaded, self._registry)
+                await self._start_auth_if_needed(loaded)
+                runtime = await build_runtime(loaded, self._registry, self.auth)
             except ConfigError as exc:
                 return self._refuse_reload(str(exc))
             except Exception as exc:
@@ -141,6 +148,8 @@ class Gateway:
             self.last_reload_error = None
             if loaded.config.server != old.config.server:
                 log.warning("changes under `server:` take effect at the next restart")
+            if _store_settings(loaded.config) != _store_settings(old.config):
+                log.warning("changes to the credential store take effect at the next restart")
             log.info("config reloaded: %d routes", len(runtime.routes))
             task = asyncio.get_running_loop().create_task(self._retire(old))
             self._retiring.add(task)
@@ -152,6 +161,10 @@ class Gateway:
         self.last_reload_error = error
         log.error("config reload refused; still serving the previous config:\n%s", error)
         return False
+
+    async def _start_auth_if_needed(self, loaded: LoadedConfig) -> None:
+        if self.auth is None and needs_auth(loaded.config):
+            self.auth = await AuthServices.start(loaded.config, loaded.base_dir, self.clock)
 
     @property
     def watched_files(self) -> tuple[str, ...]:
@@ -225,6 +238,11 @@ class Gateway:
                 ctx.timings if ctx is not None else None,
             )
         return response
+
+
+def _store_settings(config: GatewayConfig) -> tuple[object, ...]:
+    auth = config.auth
+    return (auth.store, auth.sqlite_path, auth.redis_url, auth.pepper_file)
 
 
 def _shortened(budget: float, asked: str) -> float:

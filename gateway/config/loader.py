@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from ..routing import compile_template
 from ..upstream.urls import placeholders
 from .errors import ConfigError, ConfigIssue
-from .model import GatewayConfig
+from .model import GatewayConfig, RouteSpec
 from .source import KeyPath, SourceMap, format_key_path, load_yaml
 
 _INCLUDABLE_KEYS = ("upstreams", "routes")
@@ -25,6 +25,11 @@ class LoadedConfig:
     config: GatewayConfig
     #: Every file read, so a watcher knows what to watch.
     files: tuple[Path, ...]
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in the config (state files) are relative to this folder."""
+        return self.files[0].parent
 
 
 def load_config(path: str | Path) -> LoadedConfig:
@@ -229,6 +234,7 @@ def _cross_check(config: GatewayConfig, sources: SourceMap) -> list[ConfigIssue]
                     )
                 )
             seen_routes[key] = index
+        issues.extend(_check_route_auth(config, route, at, sources))
         params = set(template.params)
         if route.proxy is not None:
             if route.proxy.upstream is not None and route.proxy.upstream not in config.upstreams:
@@ -251,6 +257,36 @@ def _cross_check(config: GatewayConfig, sources: SourceMap) -> list[ConfigIssue]
                         sources, (*at, "fanout", "backends", name, "url"), backend.url, params
                     )
                 )
+    return issues
+
+
+def _check_route_auth(
+    config: GatewayConfig, route: RouteSpec, at: KeyPath, sources: SourceMap
+) -> list[ConfigIssue]:
+    issues = []
+    oauth = config.auth.oauth
+    if oauth.enabled and route.path in (oauth.token_path, oauth.jwks_path):
+        issues.append(
+            _issue_at(sources, (*at, "path"), f"{route.path} is the gateway's own OAuth endpoint")
+        )
+    if route.auth == "none":
+        return issues
+    known = set(config.auth.issuers) | ({"self"} if oauth.enabled else set())
+    if "jwt" in route.auth and not known:
+        issues.append(
+            _issue_at(
+                sources,
+                (*at, "auth"),
+                "`jwt` needs a trusted issuer: add one under `auth.issuers` "
+                "or turn on `auth.oauth.enabled`",
+            )
+        )
+    for name in route.issuers or ():
+        if name not in known:
+            listed = ", ".join(sorted(known)) or "none defined"
+            issues.append(
+                _issue_at(sources, (*at, "issuers"), f"no issuer named {name!r} (known: {listed})")
+            )
     return issues
 
 

@@ -121,6 +121,139 @@ class ProxySpec(Spec):
         return self
 
 
+JwtAlgorithm = Literal["ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "EdDSA"]
+
+
+class ApiKeySpec(Spec):
+    #: Header that carries a key (``Authorization: Bearer gwk_...`` always works too).
+    header: str = "X-API-Key"
+    #: Query parameter that may carry a key; off by default because URLs get logged.
+    query_param: str | None = None
+
+
+class OAuthSpec(Spec):
+    """The gateway as an OAuth2 authorization server (client credentials)."""
+
+    enabled: bool = False
+    #: ``iss`` of the tokens the gateway issues.
+    issuer: str = "http://127.0.0.1:8080"
+    #: ``aud`` of the tokens the gateway issues.
+    audience: str = "gateway"
+    token_ttl: Duration = 900.0
+    algorithm: Literal["ES256", "RS256", "EdDSA"] = "ES256"
+    token_path: str = "/oauth/token"  # noqa: S105 - a URL path, not a secret
+    jwks_path: str = "/.well-known/jwks.json"
+    #: How often a running gateway re-reads its signing keys (a rotation by the CLI).
+    key_refresh: Duration = 10.0
+
+
+class StaticKeySpec(Spec):
+    kid: str | None = None
+    #: A PEM public key...
+    pem: str | None = None
+    #: ...or a public JWK.
+    jwk: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> StaticKeySpec:
+        if (self.pem is None) == (self.jwk is None):
+            raise ValueError("a static key has exactly one of `pem:` or `jwk:`")
+        return self
+
+
+class JwksSpec(Spec):
+    #: Floor and ceiling on the JWKS's own cache lifetime (its Cache-Control max-age).
+    min_ttl: Duration = 60.0
+    max_ttl: Duration = 86400.0
+    #: At most one refetch per cooldown when a token names an unknown ``kid``.
+    cooldown: Duration = 30.0
+    #: Time allowed for one fetch of the JWKS.
+    timeout: Duration = 2.0
+
+
+class IssuerSpec(Spec):
+    """A trusted JWT issuer: the gateway itself, a JWKS URL, or static keys."""
+
+    issuer: str
+    #: ``self``: the gateway's own signing keys.
+    keys: Literal["self"] | None = None
+    jwks_url: Annotated[str, BeforeValidator(_check_url)] | None = None
+    static_keys: tuple[StaticKeySpec, ...] | None = None
+    jwks: JwksSpec = JwksSpec()
+    #: Accepted ``aud`` values; a token must name one of them.
+    audience: tuple[str, ...] = Field(min_length=1)
+    #: Pinned: a token signed with anything else is refused.
+    algorithms: tuple[JwtAlgorithm, ...] = Field(min_length=1)
+    leeway: Duration = 30.0
+    consumer_claim: str = "sub"
+    plan_claim: str = "plan"
+    default_plan: str = "free"
+    scope_claim: str = "scope"
+
+    @field_validator("audience", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> IssuerSpec:
+        given = [self.keys is not None, self.jwks_url is not None, self.static_keys is not None]
+        if sum(given) != 1:
+            raise ValueError(
+                "an issuer has exactly one key source: `keys: self`, `jwks_url:` or `static_keys:`"
+            )
+        return self
+
+
+class AuthSpec(Spec):
+    #: Where consumers, API keys, OAuth clients and signing keys live.
+    store: Literal["sqlite", "redis"] = "sqlite"
+    sqlite_path: str = "var/credentials.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: The versioned server secrets that key the credential hashes (created on first run).
+    pepper_file: str = "var/pepper.json"
+    #: How long a verified API key lookup is trusted before the store is asked again.
+    cache_ttl: Duration = 10.0
+    #: How long an unknown key id is remembered as unknown.
+    negative_cache_ttl: Duration = 30.0
+    #: The plan of a consumer the store does not know (or a token without a plan).
+    default_plan: str = "free"
+    api_keys: ApiKeySpec = ApiKeySpec()
+    oauth: OAuthSpec = OAuthSpec()
+    issuers: dict[str, IssuerSpec] = Field(default_factory=dict)
+
+
+class AdminSpec(Spec):
+    enabled: bool = True
+    listen: ListenSpec = ListenSpec(port=8081)
+    #: The admin token: from this environment variable when set, else from the file
+    #: (created with a random token on first run).
+    token_env: str = "GATEWAY_ADMIN_TOKEN"  # noqa: S105 - a variable name
+    token_file: str = "var/admin-token"  # noqa: S105 - a file path
+
+
+class ScopesSpec(Spec):
+    any_of: tuple[str, ...] | None = None
+    all_of: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ScopesSpec:
+        if (self.any_of is None) == (self.all_of is None):
+            raise ValueError("scopes take exactly one of `any_of:` or `all_of:`")
+        return self
+
+
+class IdentityHeadersSpec(Spec):
+    """Which facts about the caller go upstream, under which header names."""
+
+    consumer_id: str | None = "X-Consumer-Id"
+    plan: str | None = "X-Consumer-Plan"
+    scopes: str | None = "X-Consumer-Scopes"
+    credential: str | None = "X-Credential-Kind"
+    #: JWT claims to forward: claim name -> header name.
+    claims: dict[str, str] = Field(default_factory=dict)
+
+
 class BackendSpec(Spec):
     #: Full URL template: ``http://127.0.0.1:9102/orders?user={id}``.
     url: Annotated[str, BeforeValidator(_check_url)]
@@ -158,6 +291,12 @@ class RouteSpec(Spec):
     name: str | None = None
     path: str
     methods: tuple[str, ...] = Field(default=("GET",), min_length=1)
+    #: Authentication methods tried in order, or ``none``.
+    auth: Literal["none"] | tuple[Literal["api_key", "jwt"], ...] = "none"
+    #: JWT issuers (names under ``auth.issuers``) this route trusts; default: all.
+    issuers: tuple[str, ...] | None = None
+    scopes: ScopesSpec | None = None
+    identity_headers: IdentityHeadersSpec = IdentityHeadersSpec()
     proxy: ProxySpec | None = None
     fanout: FanoutSpec | None = None
 
@@ -179,8 +318,17 @@ class RouteSpec(Spec):
             raise ValueError("a method is listed twice")
         return upper
 
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_list(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) and value != "none" else value
+
     @model_validator(mode="after")
     def _one_upstream(self) -> RouteSpec:
+        if self.auth != "none" and len(set(self.auth)) != len(self.auth):
+            raise ValueError("an authentication method is listed twice")
+        if self.auth == "none" and (self.scopes is not None or self.issuers is not None):
+            raise ValueError("`scopes:` and `issuers:` need `auth:`")
         if self.proxy is None and self.fanout is None:
             raise ValueError("a route needs an upstream: add `proxy:` or `fanout:`")
         if self.proxy is not None and self.fanout is not None:
@@ -190,6 +338,8 @@ class RouteSpec(Spec):
 
 class GatewayConfig(Spec):
     server: ServerSpec = ServerSpec()
+    auth: AuthSpec = AuthSpec()
+    admin: AdminSpec = AdminSpec()
     #: Further files holding ``upstreams:`` and ``routes:``, relative to this file.
     include: tuple[str, ...] = ()
     upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)

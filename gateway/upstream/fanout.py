@@ -133,6 +133,8 @@ class FanoutHandler:
             value = incoming.get(name)
             if value is not None:
                 headers[name] = value
+        for name, value in ctx.upstream_headers:
+            headers[name] = value
         return headers
 
     async def _call(

@@ -46,8 +46,14 @@ _FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-ho
 
 BUDGET_HEADER = "Gateway-Budget-Ms"
 
-_DROP_UP = HOP_BY_HOP | IDENTITY_HEADERS | _REWRITTEN_UP | {BUDGET_HEADER.lower()}
-_DROP_UP_UNTRUSTED = _DROP_UP | _FORWARDING
+
+def request_drop_set(identity_headers: frozenset[str], trust_forwarded: bool) -> frozenset[str]:
+    """Lower-case names never copied from a client's request: built once per config."""
+    drop = HOP_BY_HOP | IDENTITY_HEADERS | _REWRITTEN_UP | {BUDGET_HEADER.lower()}
+    drop |= {name.lower() for name in identity_headers}
+    return drop if trust_forwarded else drop | _FORWARDING
+
+
 #: Our framing replaces the upstream's: aiohttp writes Content-Length or chunking.
 _DROP_DOWN = HOP_BY_HOP | {"content-length"}
 
@@ -62,6 +68,7 @@ def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
 def upstream_request_headers(
     incoming: CIMultiDictProxy[str],
     *,
+    drop: frozenset[str],
     trust_forwarded: bool,
     x_forwarded: bool,
     forwarded: bool,
@@ -71,7 +78,7 @@ def upstream_request_headers(
     http_version: str,
 ) -> CIMultiDict[str]:
     """The client's headers less what must not cross, plus the forwarding headers."""
-    out = _copy_except(incoming, _DROP_UP if trust_forwarded else _DROP_UP_UNTRUSTED)
+    out = _copy_except(incoming, drop)
     host = incoming.get("Host", "")
     if x_forwarded:
         if trust_forwarded:

@@ -23,7 +23,12 @@ from yarl import URL
 from ..context import RequestContext
 from ..errors import GatewayError, PayloadTooLarge, UpstreamTimeout
 from ..observability import stamp_response
-from .headers import BUDGET_HEADER, downstream_response_headers, upstream_request_headers
+from .headers import (
+    BUDGET_HEADER,
+    downstream_response_headers,
+    request_drop_set,
+    upstream_request_headers,
+)
 from .pool import CLIENT_ERRORS, ConnectFailed, Target, UpstreamPool, client_error
 from .urls import UrlTemplate
 
@@ -37,6 +42,7 @@ class ProxySettings:
 
     __slots__ = (
         "buffer_limit",
+        "drop",
         "forwarded",
         "max_body_size",
         "trust_forwarded",
@@ -52,7 +58,9 @@ class ProxySettings:
         forwarded_headers: str,
         max_body_size: int,
         buffer_limit: int,
+        identity_headers: frozenset[str] = frozenset(),
     ) -> None:
+        self.drop = request_drop_set(identity_headers, trust_forwarded)
         self.via = via
         self.trust_forwarded = trust_forwarded
         self.x_forwarded = forwarded_headers in ("x-forwarded", "both")
@@ -106,6 +114,7 @@ class ProxyHandler:
         version = _VERSIONS.get(request.version) or "{}.{}".format(*request.version)
         headers = upstream_request_headers(
             request.headers,
+            drop=settings.drop,
             trust_forwarded=settings.trust_forwarded,
             x_forwarded=settings.x_forwarded,
             forwarded=settings.forwarded,
@@ -115,6 +124,8 @@ class ProxyHandler:
             http_version=version,
         )
         headers["X-Request-Id"] = ctx.request_id
+        for name, value in ctx.upstream_headers:
+            headers[name] = value
         remaining = ctx.deadline.remaining()
         headers[BUDGET_HEADER] = str(int(remaining * 1000))
         if length:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.upstream.headers import downstream_response_headers, upstream_request_headers
+from gateway.upstream.headers import (
+    downstream_response_headers,
+    request_drop_set,
+    upstream_request_headers,
+)
 
 
 def incoming(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
@@ -19,6 +23,7 @@ def up(
 ) -> CIMultiDict[str]:
     return upstream_request_headers(
         incoming(*pairs),
+        drop=request_drop_set(frozenset({"X-Tenant-Id"}), trust),
         trust_forwarded=trust,
         x_forwarded=style[0],
         forwarded=style[1],
@@ -81,3 +86,10 @@ def test_forwarding_header_styles() -> None:
     assert "X-Forwarded-For" not in only_rfc
     assert "X-Forwarded-Proto" not in only_rfc
     assert only_rfc["Forwarded"] == "for=10.0.0.7;proto=https;host=h"
+
+
+def test_configured_identity_headers_are_stripped_from_clients() -> None:
+    headers = up(("X-Tenant-Id", "forged"), ("X-Consumer-Id", "forged"), ("X-Other", "ok"))
+    assert "X-Tenant-Id" not in headers
+    assert "X-Consumer-Id" not in headers
+    assert headers["X-Other"] == "ok"

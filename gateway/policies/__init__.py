@@ -1,0 +1,1 @@
+"""Per-route policies, each with one ``handle(ctx, call_next)`` method."""

@@ -1,0 +1,1 @@
+"""Authentication: API keys, JWTs (the gateway's own and outside issuers'), OAuth2."""

@@ -1,0 +1,125 @@
+"""API key verification: lookup by public key id, constant-time secret check, caching.
+
+Rules:
+- The store is asked at most once per key id per ``cache_ttl`` (positive answers) or
+  ``negative_cache_ttl`` (unknown ids), so random keys cannot hammer it; concurrent
+  lookups of one id share a single store call. The negative cache is bounded.
+- The secret is checked before anything else is said about the key: "revoked" or
+  "expired" is only told to someone who holds the whole key.
+- Last-use times are kept in memory and written to the store in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+
+from ...context import Clock
+from ...stores.base import ApiKeyRecord, CredentialStore, StoreError
+from .secrets import ApiKey, Peppers
+
+
+class InvalidCredential(Exception):
+    """Why a credential was refused, in words safe to send back to the client."""
+
+
+class CredentialStoreDown(Exception):
+    """The store could not be asked and nothing cached can answer."""
+
+
+_NEGATIVE_LIMIT = 100_000
+
+#: A key and its consumer's plan, cached together: one lookup answers both.
+_Entry = tuple[ApiKeyRecord, str]
+
+
+class ApiKeyVerifier:
+    def __init__(
+        self,
+        store: CredentialStore,
+        peppers: Peppers,
+        clock: Clock,
+        *,
+        cache_ttl: float,
+        negative_cache_ttl: float,
+        default_plan: str,
+    ) -> None:
+        self._default_plan = default_plan
+        self._store = store
+        self._peppers = peppers
+        self._clock = clock
+        self._ttl = cache_ttl
+        self._negative_ttl = negative_cache_ttl
+        self._known: dict[str, tuple[_Entry, float]] = {}
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[_Entry | None]] = {}
+        self.last_used: dict[str, float] = {}
+
+    async def verify(self, key: ApiKey) -> tuple[ApiKeyRecord, str]:
+        """The key's record and its consumer's plan; raises ``InvalidCredential``."""
+        entry = await self._lookup(key.key_id)
+        if entry is None:
+            raise InvalidCredential("the API key is not valid")
+        record = entry[0]
+        if not self._peppers.verify(key.secret, record.secret_hash, record.pepper_version):
+            raise InvalidCredential("the API key is not valid")
+        now = self._clock.wall()
+        if record.revoked_at is not None:
+            raise InvalidCredential("the API key has been revoked")
+        if record.expires_at is not None and now >= record.expires_at:
+            raise InvalidCredential("the API key has expired")
+        self.last_used[record.key_id] = now
+        return entry
+
+    def invalidate(self, key_id: str) -> None:
+        self._known.pop(key_id, None)
+        self._unknown.pop(key_id, None)
+
+    async def _lookup(self, key_id: str) -> _Entry | None:
+        now = self._clock.monotonic()
+        cached = self._known.get(key_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        until = self._unknown.get(key_id)
+        if until is not None and until > now:
+            return None
+        pending = self._pending.get(key_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[_Entry | None] = asyncio.get_running_loop().create_future()
+        self._pending[key_id] = future
+        try:
+            record = await self._store.get_api_key(key_id)
+            entry: _Entry | None = None
+            if record is not None:
+                consumer = await self._store.get_consumer(record.consumer_id)
+                entry = (record, consumer.plan if consumer else self._default_plan)
+        except StoreError as exc:
+            future.set_exception(CredentialStoreDown(str(exc)))
+            future.exception()  # retrieved here: waiters re-raise it themselves
+            if cached is not None:
+                # A stale positive answer beats refusing every caller during an outage.
+                return cached[0]
+            raise CredentialStoreDown("the credential store is unavailable") from exc
+        finally:
+            del self._pending[key_id]
+        future.set_result(entry)
+        now = self._clock.monotonic()
+        if entry is None:
+            self._unknown[key_id] = now + self._negative_ttl
+            if len(self._unknown) > _NEGATIVE_LIMIT:
+                self._unknown.popitem(last=False)
+        else:
+            self._known[key_id] = (entry, now + self._ttl)
+        return entry
+
+    async def flush_last_used(self) -> None:
+        if not self.last_used:
+            return
+        batch, self.last_used = self.last_used, {}
+        try:
+            await self._store.touch_api_keys(batch)
+        except StoreError:
+            # Put them back: last-use times are informational and may wait.
+            for key_id, at in batch.items():
+                self.last_used.setdefault(key_id, at)
