@@ -126,3 +126,5 @@ class RequestContext:
     consumer: Consumer | None = None
     #: Headers policies ask the terminal to send upstream (identity headers).
     upstream_headers: list[tuple[str, str]] = field(default_factory=list)
+    #: Request headers policies ask the terminal not to send (a checked credential).
+    hidden_headers: list[str] = field(default_factory=list)

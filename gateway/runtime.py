@@ -170,7 +170,7 @@ class _Builder:
                 allowed = frozenset(spec.issuers) if spec.issuers is not None else None
                 methods.append(JwtMethod(self.jwt, allowed))
         scopes = ScopeRule(spec.scopes) if spec.scopes is not None else None
-        return [AuthPolicy(methods, scopes, spec.identity_headers)]
+        return [AuthPolicy(methods, scopes, spec.identity_headers, spec.hide_credentials)]
 
     def builtin_routes(self) -> list[CompiledRoute]:
         """The token endpoint and the JWKS, when the gateway issues tokens."""

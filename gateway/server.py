@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import LineTooLong
 
+from .admin.api import admin_app, admin_token
 from .config.errors import ConfigError
 from .config.loader import LoadedConfig, load_config
 from .config.model import GatewayConfig
@@ -77,6 +78,7 @@ class Gateway:
         self._access_log = AccessLog.open(loaded.config.server.access_log)
         self._runner: web.ServerRunner | None = None
         self.auth: AuthServices | None = None
+        self._admin_runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
@@ -107,6 +109,14 @@ class Gateway:
             self._runner, server_spec.listen.host, server_spec.listen.port, backlog=1024
         )
         await self._site.start()
+        admin = self._loaded.config.admin
+        if admin.enabled and self.auth is not None:
+            token = admin_token(admin, self._loaded.base_dir)
+            self._admin_runner = web.AppRunner(
+                admin_app(self.auth, self.clock, token), access_log=None
+            )
+            await self._admin_runner.setup()
+            await web.TCPSite(self._admin_runner, admin.listen.host, admin.listen.port).start()
 
     @property
     def port(self) -> int:
@@ -114,11 +124,21 @@ class Gateway:
         address: Any = self._runner.addresses[0]
         return int(address[1])
 
+    @property
+    def admin_port(self) -> int | None:
+        if self._admin_runner is None:
+            return None
+        address: Any = self._admin_runner.addresses[0]
+        return int(address[1])
+
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close pools."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
         for task in list(self._retiring):
             task.cancel()
         await self._registry.close()

@@ -12,7 +12,11 @@ import aiohttp
 import pytest
 
 from gateway.config import load_config
+from gateway.context import Clock
 from gateway.server import Gateway
+from tests.redis_server import private_redis_server, redis_server, redis_url
+
+__all__ = ["private_redis_server", "redis_server", "redis_url"]
 
 
 @dataclass
@@ -29,7 +33,7 @@ class RunningGateway:
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 
 
-def write_gateway_config(folder: Path, routes: str, server: str = "") -> Path:
+def write_gateway_config(folder: Path, routes: str, server: str = "", top: str = "") -> Path:
     """``gateway.yaml`` (port 0, no access log, no watcher unless asked) + ``routes.yaml``."""
     server_block = textwrap.dedent(server).strip()
     main = folder / "gateway.yaml"
@@ -44,6 +48,8 @@ def write_gateway_config(folder: Path, routes: str, server: str = "") -> Path:
         + defaults
         + textwrap.indent(server_block, "  ")
         + ("\n" if server_block else "")
+        + textwrap.dedent(top).strip()
+        + ("\n" if top.strip() else "")
         + "include: [routes.yaml]\n"
     )
     (folder / "routes.yaml").write_text(textwrap.dedent(routes))
@@ -54,11 +60,13 @@ def write_gateway_config(folder: Path, routes: str, server: str = "") -> Path:
 async def start_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     running: list[Gateway] = []
 
-    async def start(routes: str, server: str = "") -> RunningGateway:
+    async def start(
+        routes: str, server: str = "", top: str = "", clock: Clock | None = None
+    ) -> RunningGateway:
         folder = tmp_path / f"gw{len(running)}"
         folder.mkdir()
-        main = write_gateway_config(folder, routes, server)
-        gateway = Gateway(load_config(main))
+        main = write_gateway_config(folder, routes, server, top)
+        gateway = Gateway(load_config(main), clock=clock)
         await gateway.start()
         running.append(gateway)
         return RunningGateway(gateway, f"http://127.0.0.1:{gateway.port}", gateway.port, folder)

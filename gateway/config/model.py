@@ -224,7 +224,7 @@ class AuthSpec(Spec):
 
 
 class AdminSpec(Spec):
-    enabled: bool = True
+    enabled: bool = False
     listen: ListenSpec = ListenSpec(port=8081)
     #: The admin token: from this environment variable when set, else from the file
     #: (created with a random token on first run).
@@ -297,6 +297,9 @@ class RouteSpec(Spec):
     issuers: tuple[str, ...] | None = None
     scopes: ScopesSpec | None = None
     identity_headers: IdentityHeadersSpec = IdentityHeadersSpec()
+    #: Remove the credential the gateway checked (key or token) before proxying; the
+    #: upstream learns who called from the identity headers instead.
+    hide_credentials: bool = True
     proxy: ProxySpec | None = None
     fanout: FanoutSpec | None = None
 

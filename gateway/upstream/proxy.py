@@ -124,6 +124,8 @@ class ProxyHandler:
             http_version=version,
         )
         headers["X-Request-Id"] = ctx.request_id
+        for name in ctx.hidden_headers:
+            headers.popall(name, None)
         for name, value in ctx.upstream_headers:
             headers[name] = value
         remaining = ctx.deadline.remaining()

@@ -30,6 +30,9 @@ class Method(Protocol):
     def credential(self, request: web.BaseRequest) -> str | None:
         """The credential this method reads, if the request carries one."""
 
+    def hide(self, ctx: RequestContext) -> None:
+        """Keep the credential this method read from reaching the upstream."""
+
     async def authenticate(self, credential: str) -> Consumer:
         """Raises ``InvalidCredential`` or ``CredentialStoreDown``."""
 
@@ -60,6 +63,16 @@ class ApiKeyMethod:
             return request.query.get(self._query)
         return None
 
+    def hide(self, ctx: RequestContext) -> None:
+        request = ctx.request
+        token = _bearer(request)
+        if token is not None and token.startswith(API_KEY_PREFIX):
+            ctx.hidden_headers.append("Authorization")
+        elif self._header in request.headers:
+            ctx.hidden_headers.append(self._header)
+        elif self._query is not None and ctx.query:
+            ctx.query = _without_parameter(ctx.query, self._query)
+
     async def authenticate(self, credential: str) -> Consumer:
         key = parse_api_key(credential)
         if key is None:
@@ -87,8 +100,19 @@ class JwtMethod:
             return None
         return token
 
+    def hide(self, ctx: RequestContext) -> None:
+        ctx.hidden_headers.append("Authorization")
+
     async def authenticate(self, credential: str) -> Consumer:
         return await self._verifier.verify(credential, self._issuers)
+
+
+def _without_parameter(query: str, name: str) -> str:
+    """``query`` less every ``name=...`` pair, the rest byte for byte as it came."""
+    prefix = name + "="
+    return "&".join(
+        pair for pair in query.split("&") if not (pair == name or pair.startswith(prefix))
+    )
 
 
 class ScopeRule:
@@ -134,14 +158,16 @@ def _claim_reader(claim: str) -> Callable[[Consumer], str | None]:
 
 
 class AuthPolicy:
-    __slots__ = ("_methods", "_scopes", "_writers")
+    __slots__ = ("_hide", "_methods", "_scopes", "_writers")
 
     def __init__(
         self,
         methods: list[Method],
         scopes: ScopeRule | None,
         identity: IdentityHeadersSpec,
+        hide_credentials: bool = True,
     ) -> None:
+        self._hide = hide_credentials
         self._methods = tuple(methods)
         self._scopes = scopes
         self._writers = identity_writers(identity)
@@ -164,6 +190,8 @@ class AuthPolicy:
                 raise ServiceUnavailable(
                     "credentials cannot be checked right now", headers={"Retry-After": "1"}
                 ) from None
+            if self._hide:
+                method.hide(ctx)
             break
         else:
             raise Unauthorized("this route needs credentials", challenge=REALM)

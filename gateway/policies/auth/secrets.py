@@ -98,7 +98,7 @@ class Peppers:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             document = {"current": 1, "peppers": {"1": secrets.token_hex(32)}}
-            _write_private(path, json.dumps(document, indent=2).encode())
+            write_private_file(path, json.dumps(document, indent=2).encode())
         document = json.loads(path.read_bytes())
         keys = {
             int(version): bytes.fromhex(value) for version, value in document["peppers"].items()
@@ -112,11 +112,11 @@ class Peppers:
         version = max(int(v) for v in document["peppers"]) + 1
         document["peppers"][str(version)] = secrets.token_hex(32)
         document["current"] = version
-        _write_private(path, json.dumps(document, indent=2).encode())
+        write_private_file(path, json.dumps(document, indent=2).encode())
         return version
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, readable by the owner only."""
     temporary = path.with_name(path.name + ".tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

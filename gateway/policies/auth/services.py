@@ -32,7 +32,11 @@ _FLUSH_INTERVAL = 5.0
 
 
 def needs_auth(config: GatewayConfig) -> bool:
-    return config.auth.oauth.enabled or any(route.auth != "none" for route in config.routes)
+    return (
+        config.auth.oauth.enabled
+        or config.admin.enabled
+        or any(route.auth != "none" for route in config.routes)
+    )
 
 
 def resolve(base_dir: Path, value: str) -> Path:

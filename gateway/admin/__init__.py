@@ -1,0 +1,1 @@
+"""The admin listener: localhost by default, every call needs the admin token."""
