@@ -1,45 +1,99 @@
-"""``gateway demo``: the five sample services and the gateway, with curl commands to try."""
+"""``gateway demo``: the five sample services and the gateway, with commands to paste.
+
+Each start makes a fresh demo API key and OAuth client (for the consumer ``demo``) and
+revokes the previous ones: secrets are stored only as hashes, so the demo cannot show
+an old one again.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from examples.services import DEFAULT_PORTS, start_services
+from examples.services import DEFAULT_PORTS, Behaviour, start_services
 
 from .config.loader import LoadedConfig
+from .policies.auth import manage
 from .serve import serve
 from .server import Gateway
 
+DEMO_CONSUMER = "demo"
+_PRINT_ACCESS_TOKEN = """'import sys, json; print(json.load(sys.stdin)["access_token"])'"""  # noqa: S105 - a shell snippet
 
-def _banner(gateway: Gateway) -> None:
-    host = gateway.runtime.config.server.listen.host
-    base = f"http://{host}:{gateway.port}"
-    services = "  ".join(f"{kind} :{port}" for kind, port in DEFAULT_PORTS.items())
-    print(
-        f"""
-Sample services: {services}
-Gateway:         {base}   (routes from {gateway.runtime.files[-1]})
 
-Try:
-  # a proxied route
-  curl -i {base}/v1/users/42
-  # a fan-out route: five services at once under a 50 ms budget (see Server-Timing)
-  curl -i {base}/v1/dashboard/42
-  # the same fan-out with one slow service: answered at the budget, Gateway-Partial set
-  curl -i {base}/v1/dashboard-slow/42
-  # make a service slow for every request, then put it back
-  curl -X PUT localhost:{DEFAULT_PORTS["orders"]}/_control -d '{{"latency": "200ms"}}'
-  curl -X PUT localhost:{DEFAULT_PORTS["orders"]}/_control -d '{{"latency": "3ms"}}'
-
-Edit config/routes.yaml and save: the gateway reloads it. Ctrl-C stops everything.
-""",
-        flush=True,
+async def demo_credentials(gateway: Gateway) -> tuple[str, str, str] | None:
+    """A new API key and OAuth client for the demo consumer; old demo ones revoked."""
+    auth = gateway.auth
+    if auth is None:
+        return None
+    clock = gateway.clock
+    for record in await auth.store.list_api_keys(DEMO_CONSUMER):
+        await auth.store.revoke_api_key(record.key_id, clock.wall())
+    for client in await auth.store.list_clients():
+        if client.consumer_id == DEMO_CONSUMER:
+            await auth.store.revoke_client(client.client_id, clock.wall())
+    scopes = ("orders:read", "orders:write", "account:read")
+    key = await manage.create_api_key(
+        auth.store, auth.peppers, clock, consumer_id=DEMO_CONSUMER, plan="pro", scopes=scopes
     )
+    created = await manage.create_client(
+        auth.store, auth.peppers, clock, consumer_id=DEMO_CONSUMER, plan="pro", scopes=scopes
+    )
+    return key.key, created.record.client_id, created.secret
+
+
+async def _banner(gateway: Gateway) -> None:
+    config = gateway.runtime.config
+    base = f"http://{config.server.listen.host}:{gateway.port}"
+    services = "  ".join(f"{kind} :{port}" for kind, port in DEFAULT_PORTS.items())
+    control = f"localhost:{DEFAULT_PORTS['orders']}/_control"
+    lines = [
+        "",
+        f"Sample services: {services}",
+        f"Gateway:         {base}   (routes from {gateway.runtime.files[-1]})",
+        "",
+        "Try:",
+        "  # a proxied route",
+        f"  curl -i {base}/v1/users/42",
+        "  # a fan-out route: five services at once under a 50 ms budget (see Server-Timing)",
+        f"  curl -i {base}/v1/dashboard/42",
+        "  # the same fan-out with one slow service: answered at the budget, Gateway-Partial set",
+        f"  curl -i {base}/v1/dashboard-slow/42",
+        "  # make a service slow for every request, then put it back",
+        f'  curl -X PUT {control} -d \'{{"latency": "200ms"}}\'',
+        f'  curl -X PUT {control} -d \'{{"latency": "3ms"}}\'',
+    ]
+    credentials = await demo_credentials(gateway)
+    if credentials is not None:
+        key, client_id, secret = credentials
+        token_url = f"{base}{config.auth.oauth.token_path}"
+        lines += [
+            "",
+            "Authenticated routes (fresh demo credentials, consumer 'demo', plan 'pro'):",
+            "  # an API-key route",
+            f"  curl -i -H 'X-API-Key: {key}' {base}/v1/orders/ord_1",
+            "  # OAuth2 client credentials: get a token, then call a JWT route",
+            f"  TOKEN=$(curl -s -u '{client_id}:{secret}' -d grant_type=client_credentials \\",
+            f"    {token_url} | python3 -c {_PRINT_ACCESS_TOKEN})",
+            f'  curl -i -H "Authorization: Bearer $TOKEN" {base}/v1/account/42',
+            "  # the gateway's public signing keys",
+            f"  curl {base}{config.auth.oauth.jwks_path}",
+        ]
+    if gateway.admin_port is not None:
+        admin = config.admin
+        lines += [
+            "",
+            f"Admin API: http://{admin.listen.host}:{gateway.admin_port}/admin/keys "
+            f"(token in ${admin.token_env} or {admin.token_file}, relative to the config folder)",
+        ]
+    lines += [
+        "",
+        "Edit config/routes.yaml and save: the gateway reloads it. Ctrl-C stops everything.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
 
 
 async def run_demo(loaded: LoadedConfig) -> int:
-    from examples.services import Behaviour
-
     behaviours = {kind: Behaviour(median_s=0.003, p99_s=0.008) for kind in DEFAULT_PORTS}
     try:
         group = await start_services("127.0.0.1", dict(DEFAULT_PORTS), behaviours, seed=7)

@@ -7,7 +7,7 @@ import contextlib
 import gc
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,9 @@ async def until_stop_signal(work: Coroutine[Any, Any, None]) -> int:
     return 0
 
 
-async def serve(loaded: LoadedConfig, on_ready: Callable[[Gateway], None] | None = None) -> int:
+async def serve(
+    loaded: LoadedConfig, on_ready: Callable[[Gateway], Awaitable[None]] | None = None
+) -> int:
     """Run a gateway until SIGINT/SIGTERM, reloading on file change and SIGHUP."""
     gateway = Gateway(loaded)
     await gateway.start()
@@ -56,7 +58,7 @@ async def serve(loaded: LoadedConfig, on_ready: Callable[[Gateway], None] | None
         flush=True,
     )
     if on_ready is not None:
-        on_ready(gateway)
+        await on_ready(gateway)
     install_reload_signal(gateway)
     stop_watching = asyncio.Event()
     watcher = None

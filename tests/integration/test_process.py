@@ -8,11 +8,13 @@ import signal
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from examples.services import DEFAULT_PORTS, start_services
 from gateway.config import load_config
+from gateway.demo import demo_credentials
 from gateway.server import Gateway
 from tests.conftest import status_within, write_gateway_config
 
@@ -118,8 +120,11 @@ async def test_shipped_demo_config_serves_the_sample_services(tmp_path, http) ->
         for kind, port in DEFAULT_PORTS.items():
             routes = routes.replace(f":{port}", f":{group.ports[kind]}")
         main = (ROOT / "config" / "gateway.yaml").read_text()
-        main = main.replace("port: 8080", "port: 0").replace(
-            "access_log: stdout", "access_log: 'off'"
+        main = (
+            main.replace("port: 8080", "port: 0")
+            .replace("port: 8081", "port: 0")
+            .replace("access_log: stdout", "access_log: 'off'")
+            .replace("../var/", "var/")
         )
         (tmp_path / "gateway.yaml").write_text(main)
         (tmp_path / "routes.yaml").write_text(routes)
@@ -143,6 +148,24 @@ async def test_shipped_demo_config_serves_the_sample_services(tmp_path, http) ->
             async with http.get(f"{base}/v1/dashboard-slow/42") as response:
                 assert response.status == 200
                 assert response.headers["Gateway-Partial"] == "recommendations;reason=timeout"
+            # The demo's credentials work on its authenticated routes.
+            credentials = await demo_credentials(gateway)
+            assert credentials is not None
+            key, client_id, secret = credentials
+            async with http.get(f"{base}/v1/orders/ord_1", headers={"X-API-Key": key}) as response:
+                assert response.status == 200
+            async with http.get(f"{base}/v1/orders/ord_1") as response:
+                assert response.status == 401
+            async with http.post(
+                f"{base}/oauth/token",
+                data={"grant_type": "client_credentials"},
+                headers={"Authorization": aiohttp.encode_basic_auth(client_id, secret)},
+            ) as response:
+                token = (await response.json())["access_token"]
+            async with http.get(
+                f"{base}/v1/account/42", headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                assert response.status == 200
         finally:
             await gateway.stop()
     finally:
