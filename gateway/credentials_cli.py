@@ -74,6 +74,13 @@ def add_commands(
     revoke.add_argument("client_id")
     revoke.set_defaults(run=_clients_revoke)
 
+    pepper = commands.add_parser("pepper", help="the server secret that keys credential hashes")
+    pepper_commands = pepper.add_subparsers(dest="action", required=True)
+    _with_config(
+        pepper_commands.add_parser("rotate", help="new pepper for new credentials"),
+        config_default,
+    ).set_defaults(run=_pepper_rotate)
+
     signing = commands.add_parser("signing-keys", help="the gateway's token signing keys")
     signing_commands = signing.add_subparsers(dest="action", required=True)
     _with_config(
@@ -264,6 +271,18 @@ async def _clients_revoke(
         return 0
     print(f"no live client {args.client_id}", file=sys.stderr)
     return 1
+
+
+async def _pepper_rotate(
+    args: argparse.Namespace, store: CredentialStore, peppers: Peppers, loaded: LoadedConfig
+) -> int:
+    version = Peppers.rotate(resolve(loaded.base_dir, loaded.config.auth.pepper_file))
+    print(
+        f"pepper version {version} is current; existing keys keep verifying with theirs. "
+        "Send running gateways SIGHUP (or restart them) before creating new credentials.",
+        file=sys.stderr,
+    )
+    return 0
 
 
 async def _signing_rotate(

@@ -154,6 +154,10 @@ class Gateway:
             try:
                 loaded = await asyncio.to_thread(load_config, self.config_path)
                 await self._start_auth_if_needed(loaded)
+                if self.auth is not None:
+                    await asyncio.to_thread(
+                        self.auth.reload_peppers, loaded.config, loaded.base_dir
+                    )
                 runtime = await build_runtime(loaded, self._registry, self.auth)
             except ConfigError as exc:
                 return self._refuse_reload(str(exc))

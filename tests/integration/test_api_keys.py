@@ -330,3 +330,19 @@ def test_cli_creates_lists_and_revokes(tmp_path) -> None:
     assert cli("keys", "revoke", key_id).returncode == 0
     assert "revoked" in cli("keys", "list").stdout
     assert cli("keys", "revoke", key_id).returncode == 1
+
+
+async def test_pepper_rotation_keeps_old_keys_and_signs_new_ones(
+    start_gateway, upstream_url, http, tmp_path
+) -> None:
+    from gateway.policies.auth.secrets import Peppers
+
+    gw = await start_gateway(routes(upstream_url), top=auth_top(tmp_path))
+    old = await new_key(gw)
+    assert Peppers.rotate(tmp_path / "pepper.json") == 2
+    assert await gw.gateway.reload()  # what SIGHUP does
+    new = await new_key(gw)
+    assert (old.record.pepper_version, new.record.pepper_version) == (1, 2)
+    for key in (old.key, new.key):
+        async with http.get(f"{gw.url}/k/1", headers={"X-API-Key": key}) as response:
+            assert response.status == 200

@@ -80,6 +80,11 @@ class Peppers:
         self._keys = keys
         self.current = current
 
+    def replace(self, other: Peppers) -> None:
+        """Take ``other``'s peppers in place, so every holder of this object sees them."""
+        self._keys = other._keys
+        self.current = other.current
+
     def hash(self, secret: str, version: int | None = None) -> tuple[str, int]:
         version = self.current if version is None else version
         digest = hmac.new(self._keys[version], secret.encode(), hashlib.sha256).hexdigest()

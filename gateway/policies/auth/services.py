@@ -108,6 +108,10 @@ class AuthServices:
         services._flusher = asyncio.get_running_loop().create_task(services._flush_forever())
         return services
 
+    def reload_peppers(self, config: GatewayConfig, base_dir: Path) -> None:
+        """Pick up a rotated pepper (``gateway pepper rotate``) on a config reload."""
+        self.peppers.replace(Peppers.load_or_create(resolve(base_dir, config.auth.pepper_file)))
+
     def jwt_verifier(self, config: GatewayConfig) -> JwtVerifier:
         issuers = [
             TrustedIssuer(name, spec, self._key_lookup(name, spec))
