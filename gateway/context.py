@@ -128,3 +128,5 @@ class RequestContext:
     upstream_headers: list[tuple[str, str]] = field(default_factory=list)
     #: Request headers policies ask the terminal not to send (a checked credential).
     hidden_headers: list[str] = field(default_factory=list)
+    #: Headers policies add to the response (rate-limit state), set before it starts.
+    response_headers: list[tuple[str, str]] = field(default_factory=list)

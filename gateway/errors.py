@@ -7,6 +7,7 @@
      +-- NotFound                    404 no route for this path
      +-- MethodNotAllowed            405 a route has the path, not the method (``Allow``)
      +-- PayloadTooLarge             413
+     +-- TooManyRequests             429 rate limited (``Retry-After``)
      +-- HeadersTooLarge             431
      +-- UpstreamError               502 an upstream refused, reset or broke the protocol
      +-- ServiceUnavailable          503 no healthy target, or the gateway is draining
@@ -89,6 +90,12 @@ class PayloadTooLarge(GatewayError):
     status = 413
     title = "Payload too large"
     slug = "payload-too-large"
+
+
+class TooManyRequests(GatewayError):
+    status = 429
+    title = "Too many requests"
+    slug = "rate-limited"
 
 
 class HeadersTooLarge(GatewayError):

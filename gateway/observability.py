@@ -166,3 +166,5 @@ def stamp_response(ctx: RequestContext, response: web.StreamResponse) -> None:
         headers["Server"] = SERVER_NAME
     total = ctx.deadline.clock.monotonic() - ctx.started
     headers["Server-Timing"] = server_timing(ctx, total)
+    for name, value in ctx.response_headers:
+        headers[name] = value

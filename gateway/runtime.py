@@ -17,6 +17,7 @@ from .pipeline import CompiledRoute, Handler, Policy, build_chain
 from .policies.auth.oauth import JwksEndpoint, TokenEndpoint
 from .policies.auth.policy import ApiKeyMethod, AuthPolicy, JwtMethod, Method, ScopeRule
 from .policies.auth.services import AuthServices
+from .policies.ratelimit.policy import Limiter, RateLimitPolicy
 from .routing import Router, compile_template
 from .upstream.assemble import make_part
 from .upstream.fanout import Backend, FanoutHandler
@@ -41,11 +42,14 @@ class Runtime:
 
 
 async def build_runtime(
-    loaded: LoadedConfig, registry: PoolRegistry, auth: AuthServices | None = None
+    loaded: LoadedConfig,
+    registry: PoolRegistry,
+    auth: AuthServices | None = None,
+    limiter: Limiter | None = None,
 ) -> Runtime:
     """Build every route of ``loaded``. Runs on the event loop (it opens sessions)."""
     config = loaded.config
-    builder = _Builder(config, registry, auth)
+    builder = _Builder(config, registry, auth, limiter)
     router: Router[CompiledRoute] = Router()
     routes = []
     try:
@@ -71,11 +75,16 @@ async def build_runtime(
 
 class _Builder:
     def __init__(
-        self, config: GatewayConfig, registry: PoolRegistry, auth: AuthServices | None
+        self,
+        config: GatewayConfig,
+        registry: PoolRegistry,
+        auth: AuthServices | None,
+        limiter: Limiter | None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.auth = auth
+        self.limiter = limiter
         self.keys: list[PoolKey] = []
         self.jwt = auth.jwt_verifier(config) if auth is not None else None
         server = config.server
@@ -152,10 +161,27 @@ class _Builder:
             methods=tuple(spec.methods),
             kind=kind,
             budget=budget,
-            handler=build_chain(self._policies(spec), terminal),
+            handler=build_chain(self._auth(spec) + self._rate_limit(spec, name), terminal),
         )
 
-    def _policies(self, spec: RouteSpec) -> list[Policy]:
+    def _rate_limit(self, spec: RouteSpec, name: str) -> list[Policy]:
+        if spec.rate_limit is None:
+            return []
+        if self.limiter is None:
+            raise RuntimeError("a route is rate limited but no limiter was started")
+        limits = self.config.rate_limits
+        return [
+            RateLimitPolicy(
+                self.limiter,
+                name,
+                spec.rate_limit,
+                limits.plans,
+                limits.consumers,
+                self.config.auth.default_plan,
+            )
+        ]
+
+    def _auth(self, spec: RouteSpec) -> list[Policy]:
         if spec.auth == "none":
             return []
         if self.auth is None:

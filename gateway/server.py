@@ -22,6 +22,7 @@ from .errors import GatewayError, HeadersTooLarge, problem_body, problem_respons
 from .observability import SERVER_NAME, AccessLog, RequestIds, stamp_response
 from .paths import normalise_path
 from .policies.auth.services import AuthServices, needs_auth
+from .policies.ratelimit.policy import Limiter
 from .runtime import Runtime, build_runtime
 from .upstream.headers import BUDGET_HEADER
 from .upstream.pool import PoolRegistry
@@ -78,6 +79,7 @@ class Gateway:
         self._access_log = AccessLog.open(loaded.config.server.access_log)
         self._runner: web.ServerRunner | None = None
         self.auth: AuthServices | None = None
+        self.limiter: Limiter | None = None
         self._admin_runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._retiring: set[asyncio.Task[None]] = set()
@@ -91,7 +93,8 @@ class Gateway:
 
     async def start(self) -> None:
         await self._start_auth_if_needed(self._loaded)
-        self.runtime = await build_runtime(self._loaded, self._registry, self.auth)
+        self.limiter = Limiter(self._loaded.config.rate_limits, self.clock)
+        self.runtime = await build_runtime(self._loaded, self._registry, self.auth, self.limiter)
         server_spec = self._loaded.config.server
         limits = server_spec.limits
         server = _Server(
@@ -144,6 +147,8 @@ class Gateway:
         await self._registry.close()
         if self.auth is not None:
             await self.auth.close()
+        if self.limiter is not None:
+            await self.limiter.close()
         self._access_log.close()
 
     # -- reload ------------------------------------------------------------------
@@ -158,7 +163,7 @@ class Gateway:
                     await asyncio.to_thread(
                         self.auth.reload_peppers, loaded.config, loaded.base_dir
                     )
-                runtime = await build_runtime(loaded, self._registry, self.auth)
+                runtime = await build_runtime(loaded, self._registry, self.auth, self.limiter)
             except ConfigError as exc:
                 return self._refuse_reload(str(exc))
             except Exception as exc:
@@ -174,6 +179,13 @@ class Gateway:
                 log.warning("changes under `server:` take effect at the next restart")
             if _store_settings(loaded.config) != _store_settings(old.config):
                 log.warning("changes to the credential store take effect at the next restart")
+            old_limits, new_limits = old.config.rate_limits, loaded.config.rate_limits
+            if (old_limits.store, old_limits.redis_url, old_limits.redis_timeout) != (
+                new_limits.store,
+                new_limits.redis_url,
+                new_limits.redis_timeout,
+            ):
+                log.warning("changes to the rate-limit store take effect at the next restart")
             log.info("config reloaded: %d routes", len(runtime.routes))
             task = asyncio.get_running_loop().create_task(self._retire(old))
             self._retiring.add(task)

@@ -43,7 +43,7 @@ def load_config(path: str | Path) -> LoadedConfig:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_issues_from_validation(exc, sources)) from None
-    issues = _cross_check(config, sources)
+    issues = _cross_check(config, sources) + _check_plans(config, sources)
     if issues:
         raise ConfigError(issues)
     return LoadedConfig(config, tuple(files))
@@ -235,6 +235,7 @@ def _cross_check(config: GatewayConfig, sources: SourceMap) -> list[ConfigIssue]
                 )
             seen_routes[key] = index
         issues.extend(_check_route_auth(config, route, at, sources))
+        issues.extend(_check_route_limit(config, route, at, sources))
         params = set(template.params)
         if route.proxy is not None:
             if route.proxy.upstream is not None and route.proxy.upstream not in config.upstreams:
@@ -287,6 +288,64 @@ def _check_route_auth(
             issues.append(
                 _issue_at(sources, (*at, "issuers"), f"no issuer named {name!r} (known: {listed})")
             )
+    return issues
+
+
+def _check_plans(config: GatewayConfig, sources: SourceMap) -> list[ConfigIssue]:
+    plans = config.rate_limits.plans
+    known = ", ".join(sorted(plans)) or "none"
+    issues = []
+    for consumer, contract in config.rate_limits.consumers.items():
+        if contract.plan is not None and contract.plan not in plans:
+            issues.append(
+                _issue_at(
+                    sources,
+                    ("rate_limits", "consumers", consumer, "plan"),
+                    f"no plan named {contract.plan!r} (known: {known})",
+                )
+            )
+    return issues
+
+
+def _check_route_limit(
+    config: GatewayConfig, route: RouteSpec, at: KeyPath, sources: SourceMap
+) -> list[ConfigIssue]:
+    limit = route.rate_limit
+    if limit is None:
+        return []
+    at = (*at, "rate_limit")
+    plans = config.rate_limits.plans
+    issues = []
+    if limit.by in ("consumer", "api_key") and route.auth == "none":
+        issues.append(
+            _issue_at(sources, (*at, "by"), f"`by: {limit.by}` needs `auth:` on the route")
+        )
+    if limit.anonymous_plan is not None and limit.anonymous_plan not in plans:
+        issues.append(
+            _issue_at(
+                sources,
+                (*at, "anonymous_plan"),
+                f"no plan named {limit.anonymous_plan!r} "
+                f"(known: {', '.join(sorted(plans)) or 'none'})",
+            )
+        )
+    if not limit.plan and limit.limit is None:
+        issues.append(_issue_at(sources, at, "`plan: false` needs the route's own `limit:`"))
+    bursts = [("the route's own limit", limit.limit)] if limit.limit is not None else []
+    if limit.plan:
+        bursts += [(f"plan {name!r}", plan) for name, plan in plans.items()]
+    for what, spec in bursts:
+        if spec is not None and spec.rate is not None:
+            burst = spec.burst or max(1, int(-(-spec.rate[0] // spec.rate[1])))
+            if limit.cost > burst:
+                issues.append(
+                    _issue_at(
+                        sources,
+                        (*at, "cost"),
+                        f"cost {limit.cost} is more than the burst of {what} ({burst}): "
+                        "no request could ever pass",
+                    )
+                )
     return issues
 
 

@@ -12,10 +12,12 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from .units import parse_duration, parse_size
+from .units import parse_duration, parse_rate, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
+#: (units, seconds): ``10/s`` -> (10, 1), ``10000/day`` -> (10000, 86400).
+Rate = Annotated[tuple[float, float], BeforeValidator(parse_rate)]
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
@@ -254,6 +256,84 @@ class IdentityHeadersSpec(Spec):
     claims: dict[str, str] = Field(default_factory=dict)
 
 
+class LimitSpec(Spec):
+    """A sustained rate with a burst, and/or a long quota."""
+
+    #: Sustained rate: ``10/s``, ``600/minute``.
+    rate: Rate | None = None
+    #: How many requests may come at once before the rate spaces them (default: one
+    #: second's worth of the rate, at least 1).
+    burst: int | None = Field(None, ge=1)
+    #: A long quota over a fixed window aligned to UTC: ``10000/day``, ``500/hour``.
+    quota: Rate | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> LimitSpec:
+        if self.rate is None and self.quota is None:
+            raise ValueError("a limit needs `rate:` or `quota:` (or both)")
+        if self.burst is not None and self.rate is None:
+            raise ValueError("`burst:` goes with `rate:`")
+        if self.quota is not None and self.quota[0] != int(self.quota[0]):
+            raise ValueError("a quota is a whole number of requests")
+        return self
+
+
+class ContractSpec(Spec):
+    """A consumer's contract: its plan, and overrides on top of it."""
+
+    plan: str | None = None
+    rate: Rate | None = None
+    burst: int | None = Field(None, ge=1)
+    quota: Rate | None = None
+
+
+class BreakerSpec(Spec):
+    #: Consecutive store failures that open the breaker.
+    failures: int = Field(3, ge=1)
+    #: How long the breaker stays open before one request probes the store again.
+    open_for: Duration = 2.0
+
+
+class RateLimitsSpec(Spec):
+    #: ``memory`` (this process) or ``redis`` (shared by every node).
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: The slice of a request's budget one Redis decision may take.
+    redis_timeout: Duration = 0.005
+    breaker: BreakerSpec = BreakerSpec()
+    plans: dict[str, LimitSpec] = Field(default_factory=dict)
+    #: Contract overrides per consumer id.
+    consumers: dict[str, ContractSpec] = Field(default_factory=dict)
+
+
+class RouteLimitSpec(Spec):
+    #: What to count by: the consumer, the API key, the client IP, or a header.
+    by: str = "consumer"
+    #: Units one request costs (a five-way fan-out may cost 5).
+    cost: int = Field(1, ge=1)
+    #: Apply the consumer's plan (and contract). Off: only this route's own `limit`.
+    plan: bool = True
+    #: For `by: ip` or `by: header:...`: the plan those callers are on.
+    anonymous_plan: str | None = None
+    #: This route's own limit, on top of the plan's.
+    limit: LimitSpec | None = None
+    #: When the store cannot answer: admit (and mark), refuse with 503, or decide on a
+    #: local limiter at `local_share` of each limit.
+    on_store_down: Literal["fail_open", "fail_closed", "local_fallback"] = "fail_open"
+    local_share: float = Field(1.0, gt=0, le=1)
+    #: Decide and report (headers) without refusing: try a limit on live traffic.
+    shadow: bool = False
+
+    @field_validator("by")
+    @classmethod
+    def _by(cls, value: str) -> str:
+        if value in ("consumer", "api_key", "ip") or (
+            value.startswith("header:") and len(value) > len("header:")
+        ):
+            return value
+        raise ValueError(f"`by` is consumer, api_key, ip or header:<name>, not {value!r}")
+
+
 class BackendSpec(Spec):
     #: Full URL template: ``http://127.0.0.1:9102/orders?user={id}``.
     url: Annotated[str, BeforeValidator(_check_url)]
@@ -297,6 +377,7 @@ class RouteSpec(Spec):
     issuers: tuple[str, ...] | None = None
     scopes: ScopesSpec | None = None
     identity_headers: IdentityHeadersSpec = IdentityHeadersSpec()
+    rate_limit: RouteLimitSpec | None = None
     #: Remove the credential the gateway checked (key or token) before proxying; the
     #: upstream learns who called from the identity headers instead.
     hide_credentials: bool = True
@@ -343,6 +424,7 @@ class GatewayConfig(Spec):
     server: ServerSpec = ServerSpec()
     auth: AuthSpec = AuthSpec()
     admin: AdminSpec = AdminSpec()
+    rate_limits: RateLimitsSpec = RateLimitsSpec()
     #: Further files holding ``upstreams:`` and ``routes:``, relative to this file.
     include: tuple[str, ...] = ()
     upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)

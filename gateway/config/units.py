@@ -49,3 +49,36 @@ def format_duration(seconds: float) -> str:
     if seconds < 1.0:
         return f"{seconds * 1000:g}ms"
     return f"{seconds:g}s"
+
+
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)/(\d*)(s|sec|second|m|min|minute|h|hour|d|day)$")
+_RATE_UNITS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+    "d": 86400,
+    "day": 86400,
+}
+
+
+def parse_rate(value: object) -> tuple[float, float]:
+    """``"10/s"`` -> (10, 1.0); ``"10000/day"`` -> (10000, 86400); ``"5/10s"`` -> (5, 10)."""
+    if isinstance(value, tuple) and len(value) == 2:
+        return float(value[0]), float(value[1])  # already parsed (a model built in code)
+    if not isinstance(value, str):
+        raise ValueError(f"not a rate: {value!r} (write it as 10/s, 100/minute, 10000/day)")
+    match = _RATE.match(value.strip())
+    if match is None:
+        raise ValueError(f"not a rate: {value!r} (write it as 10/s, 100/minute, 10000/day)")
+    count = float(match.group(1))
+    if count <= 0:
+        raise ValueError(f"a rate must be above zero: {value!r}")
+    multiple = int(match.group(2)) if match.group(2) else 1
+    if multiple <= 0:
+        raise ValueError(f"a rate's period must be above zero: {value!r}")
+    return count, float(multiple * _RATE_UNITS[match.group(3)])

@@ -1,0 +1,1 @@
+"""Rate limiting: plans with contract bursts, one atomic decision per request."""

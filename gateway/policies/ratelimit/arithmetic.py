@@ -1,0 +1,129 @@
+"""The arithmetic of one rate-limit decision, pure and clock-free.
+
+Theory of operation:
+- A *rate* limit (``rate: 10/s, burst: 20``) is GCRA, the generic cell rate algorithm:
+  the state is one number, the theoretical arrival time (TAT). Each unit of cost moves
+  the TAT forward by the emission interval ``T = 1/rate``; a request is admitted while
+  the TAT stays within ``burst * T`` of now. So up to ``burst`` requests pass at once,
+  and after that they are spaced ``T`` apart: a token bucket of size ``burst`` refilled
+  at ``rate``, kept in one float instead of a count and a timestamp.
+- A *quota* (``quota: 10000/day``) is a fixed window aligned to the epoch (days start at
+  00:00 UTC): a counter per window.
+- All limits of a request are decided together: each is checked against its state, and
+  only if every one admits is every state advanced. A refusal changes nothing, so a
+  refused request costs no budget, and a burst and a quota are charged together or not
+  at all.
+The Redis script (``limiter.lua``) is this module transcribed; the store test suite
+runs the same cases against both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit as it is enforced: built from config once."""
+
+    #: The policy name shown in ``RateLimit-Policy`` (``burst``, ``daily``, ``route``...).
+    name: str
+    kind: Literal["rate", "quota"]
+    #: rate: units per second; quota: units per window.
+    amount: float
+    #: rate: the burst (bucket size); quota: unused.
+    burst: int
+    #: quota: the window in seconds; rate: unused.
+    period: float
+
+    @property
+    def interval(self) -> float:
+        return 1.0 / self.amount
+
+    @property
+    def window_seconds(self) -> int:
+        """``w`` in ``RateLimit-Policy``: the time the policy's quota ``q`` spans."""
+        if self.kind == "quota":
+            return max(1, round(self.period))
+        return max(1, round(self.burst / self.amount))
+
+    @property
+    def quota_units(self) -> int:
+        """``q`` in ``RateLimit-Policy``."""
+        return self.burst if self.kind == "rate" else int(self.amount)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one limit says about one request."""
+
+    admitted: bool
+    remaining: int
+    #: Seconds until the limit is whole again (rate) or the window resets (quota).
+    reset: float
+    #: Seconds until this request could pass, when refused.
+    retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    admitted: bool
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def retry_after(self) -> float:
+        return max((o.retry_after for o in self.outcomes if not o.admitted), default=0.0)
+
+
+#: The state of one limit: the TAT for a rate; (window index, count) for a quota.
+State = float | tuple[int, int] | None
+
+
+def decide(
+    limits: Sequence[Limit], states: Sequence[State], cost: int, now: float
+) -> tuple[Decision, list[State]]:
+    """The decision, and the new states to store (the old ones when refused)."""
+    outcomes: list[Outcome] = []
+    new_states: list[State] = []
+    for limit, state in zip(limits, states, strict=True):
+        if limit.kind == "rate":
+            outcome, new = _rate(limit, state, cost, now)
+        else:
+            outcome, new = _quota(limit, state, cost, now)
+        outcomes.append(outcome)
+        new_states.append(new)
+    admitted = all(outcome.admitted for outcome in outcomes)
+    return Decision(admitted, tuple(outcomes)), (new_states if admitted else list(states))
+
+
+def _rate(limit: Limit, state: State, cost: int, now: float) -> tuple[Outcome, State]:
+    interval = limit.interval
+    tat = state if isinstance(state, float) and state > now else now
+    new_tat = tat + cost * interval
+    allow_at = new_tat - limit.burst * interval
+    if now < allow_at - 1e-9:
+        remaining = max(0, math.floor((now - (tat - limit.burst * interval)) / interval + 1e-9))
+        return Outcome(False, remaining, tat - now, allow_at - now), state
+    remaining = max(0, math.floor((now - allow_at) / interval + 1e-9))
+    return Outcome(True, remaining, new_tat - now, 0.0), new_tat
+
+
+def _quota(limit: Limit, state: State, cost: int, now: float) -> tuple[Outcome, State]:
+    window = math.floor(now / limit.period)
+    used = state[1] if isinstance(state, tuple) and state[0] == window else 0
+    reset = (window + 1) * limit.period - now
+    quota = int(limit.amount)
+    if used + cost > quota:
+        return Outcome(False, max(0, quota - used), reset, reset), state
+    return Outcome(True, quota - used - cost, reset, 0.0), (window, used + cost)
+
+
+def expiry(limit: Limit, state: State, now: float) -> float:
+    """Seconds a stored state stays meaningful; after that it can be dropped."""
+    if limit.kind == "rate":
+        return max(0.0, (state if isinstance(state, float) else now) - now)
+    window = state[0] if isinstance(state, tuple) else math.floor(now / limit.period)
+    return max(0.0, (window + 1) * limit.period - now)

@@ -1,0 +1,108 @@
+"""Where rate-limit state lives: this process (``memory``) or Redis (every node).
+
+Both answer ``decide(keys, limits, cost)`` with one atomic decision. The memory store
+needs no lock: it has no ``await`` between reading and writing state. The Redis store
+runs ``limiter.lua`` (loaded once, called by SHA): one round trip per decision, the
+server's clock, expiry set in the same script.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from ...context import Clock
+from ...stores.base import StoreError
+from .arithmetic import Decision, Limit, Outcome, State, decide, expiry
+
+
+class LimiterStore(Protocol):
+    async def decide(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
+        """Raises ``StoreError`` when the store cannot answer."""
+
+    async def close(self) -> None: ...
+
+
+class MemoryLimiterStore:
+    """State in a dict, on the injected clock; expired states are swept as it grows."""
+
+    def __init__(self, clock: Clock, sweep_every: int = 10_000) -> None:
+        self._clock = clock
+        self._states: dict[str, tuple[State, float]] = {}
+        self._sweep_every = sweep_every
+        self._writes = 0
+
+    async def decide(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
+        now = self._clock.wall()
+        stored = self._states
+        states: list[State] = []
+        for key in keys:
+            entry = stored.get(key)
+            states.append(entry[0] if entry is not None and entry[1] > now else None)
+        decision, new_states = decide(limits, states, cost, now)
+        if decision.admitted:
+            for key, limit, state in zip(keys, limits, new_states, strict=True):
+                stored[key] = (state, now + expiry(limit, state, now))
+            self._writes += 1
+            if self._writes >= self._sweep_every:
+                self._sweep(now)
+        return decision
+
+    def _sweep(self, now: float) -> None:
+        self._writes = 0
+        for key in [key for key, (_, until) in self._states.items() if until <= now]:
+            del self._states[key]
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    async def close(self) -> None:
+        self._states.clear()
+
+
+_SCRIPT = resources.files(__package__).joinpath("limiter.lua").read_text()
+
+
+class RedisLimiterStore:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._redis = client
+        self._sha: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, timeout: float) -> RedisLimiterStore:
+        client = aioredis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+        )
+        return cls(client)
+
+    async def decide(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
+        args: list[float | int] = [cost]
+        for limit in limits:
+            args += [1 if limit.kind == "rate" else 2, limit.amount, limit.burst, limit.period]
+        try:
+            if self._sha is None:
+                self._sha = await self._redis.script_load(_SCRIPT)
+            try:
+                raw = await self._redis.evalsha(self._sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # The server restarted (or was flushed): load the script again, once.
+                self._sha = await self._redis.script_load(_SCRIPT)
+                raw = await self._redis.evalsha(self._sha, len(keys), *keys, *args)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return _decision(raw, len(limits))
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def _decision(raw: list[int], count: int) -> Decision:
+    outcomes = []
+    for index in range(count):
+        admitted, remaining, reset_us, retry_us = raw[1 + index * 4 : 5 + index * 4]
+        outcomes.append(Outcome(bool(admitted), int(remaining), reset_us / 1e6, retry_us / 1e6))
+    return Decision(bool(raw[0]), tuple(outcomes))
