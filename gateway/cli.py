@@ -84,6 +84,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
             for name, backend in route.fanout.backends.items():
                 names.append(name + ("*" if backend.required else ""))
             detail = f"fanout -> {', '.join(names)}  budget {format_duration(route.fanout.budget)}"
+        if route.auth != "none":
+            detail += f"  auth {'|'.join(route.auth)}"
+        if route.rate_limit is not None:
+            detail += f"  limit by {route.rate_limit.by}"
+            if route.rate_limit.cost != 1:
+                detail += f" cost {route.rate_limit.cost}"
         rows.append((methods, route.path, route.name or "", detail))
     widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
     print(f"{loaded.files[0]}: OK, {len(rows)} routes (* = required part)")
