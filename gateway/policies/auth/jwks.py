@@ -24,6 +24,7 @@ import orjson
 
 from ...config.model import JwksSpec
 from ...context import Clock
+from .api_keys import CredentialStoreDown
 from .keys import VerificationKey, from_jwk
 
 log = logging.getLogger("gateway.jwks")
@@ -57,17 +58,24 @@ class RemoteJwks:
                     await task
 
     async def key(self, kid: str | None) -> VerificationKey | None:
+        """The key for ``kid``, None if the issuer has no such key; raises
+        ``CredentialStoreDown`` when no key set could ever be fetched."""
         keys = self._keys
+        cooling = self._clock.monotonic() - self._last_attempt < self._spec.cooldown
         if keys is not None:
             found = _pick(keys, kid)
-            if found is not None:
+            if found is not None or cooling:
                 return found
-            if self._clock.monotonic() - self._last_attempt < self._spec.cooldown:
-                return None
+        elif cooling and (self._fetching is None or self._fetching.done()):
+            # Never fetched and the last attempt failed moments ago: do not refetch
+            # for every request while the endpoint is down.
+            raise CredentialStoreDown(f"the keys at {self.url} cannot be fetched")
         # Unknown kid past the cooldown, or nothing fetched yet: one shared fetch.
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(self._fetch_once()), self._spec.timeout)
-        return None if self._keys is None else _pick(self._keys, kid)
+        if self._keys is None:
+            raise CredentialStoreDown(f"the keys at {self.url} cannot be fetched")
+        return _pick(self._keys, kid)
 
     def _fetch_once(self) -> asyncio.Task[None]:
         if self._fetching is None or self._fetching.done():

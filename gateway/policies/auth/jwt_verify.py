@@ -74,20 +74,22 @@ class JwtVerifier:
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm.lower() == "none":
             raise InvalidCredential("unsigned tokens are not accepted")
-        issuer = self._by_iss.get(unverified.get("iss"))  # type: ignore[arg-type]
+        claimed_issuer = unverified.get("iss")
+        issuer = self._by_iss.get(claimed_issuer) if isinstance(claimed_issuer, str) else None
         if issuer is None:
             raise InvalidCredential("the token's issuer is not trusted")
         if allowed is not None and issuer.name not in allowed:
             raise InvalidCredential("the token's issuer is not accepted here")
         spec = issuer.spec
         if algorithm not in spec.algorithms:
-            raise InvalidCredential(f"algorithm {algorithm} is not accepted for this issuer")
+            # Never echo the header's own text: it could carry quotes or line breaks.
+            raise InvalidCredential("the token's algorithm is not accepted for this issuer")
         kid = header.get("kid")
         key = await issuer.keys(kid if isinstance(kid, str) else None)
         if key is None:
             raise InvalidCredential("the token's signing key is unknown")
         if not key.allows(algorithm):
-            raise InvalidCredential(f"the signing key cannot be used with {algorithm}")
+            raise InvalidCredential("the signing key does not fit the token's algorithm")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -129,13 +131,13 @@ class JwtVerifier:
             raise InvalidCredential("the token has expired")
         not_before = claims.get("nbf")
         if not_before is not None:
-            if not isinstance(not_before, int | float):
+            if not isinstance(not_before, int | float) or isinstance(not_before, bool):
                 raise InvalidCredential("the token's 'nbf' is not a number")
             if now + leeway < not_before:
                 raise InvalidCredential("the token is not valid yet")
         issued = claims.get("iat")
         if issued is not None:
-            if not isinstance(issued, int | float):
+            if not isinstance(issued, int | float) or isinstance(issued, bool):
                 raise InvalidCredential("the token's 'iat' is not a number")
             if issued > now + leeway:
                 raise InvalidCredential("the token was issued in the future")
@@ -144,9 +146,17 @@ class JwtVerifier:
 
 def _consumer(claims: dict[str, Any], spec: IssuerSpec) -> Consumer:
     subject = claims.get(spec.consumer_claim)
-    if not isinstance(subject, str) or not subject:
-        raise InvalidCredential(f"the token's {spec.consumer_claim!r} claim is not a string")
+    if (
+        not isinstance(subject, str)
+        or not subject
+        or len(subject) > 256
+        or not subject.isprintable()
+    ):
+        # It becomes a header value and a rate-limit key: plain, printable text only.
+        raise InvalidCredential(f"the token's {spec.consumer_claim!r} claim is not a usable id")
     plan = claims.get(spec.plan_claim)
+    if not isinstance(plan, str) or not plan.isprintable():
+        plan = None
     raw_scopes = claims.get(spec.scope_claim, "")
     if isinstance(raw_scopes, str):
         scopes = frozenset(raw_scopes.split())

@@ -86,9 +86,14 @@ class TokenEndpoint:
             raise OAuthError("invalid_request", f"the body must be {_FORM}")
         if request.content_length is not None and request.content_length > _MAX_BODY:
             raise OAuthError("invalid_request", "the request body is too large")
-        raw = await request.content.read(_MAX_BODY + 1)
-        if len(raw) > _MAX_BODY:
-            raise OAuthError("invalid_request", "the request body is too large")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.read(_MAX_BODY + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > _MAX_BODY:
+                raise OAuthError("invalid_request", "the request body is too large")
+        raw = b"".join(chunks)
         form = _parse_form(raw)
         grant_type = form.get("grant_type")
         if grant_type is None:
@@ -156,6 +161,9 @@ def _parse_form(raw: bytes) -> dict[str, str]:
         raise OAuthError("invalid_request", "the form body cannot be parsed") from None
     form: dict[str, str] = {}
     for name, value in pairs:
+        if not value:
+            # RFC 6749 section 3.2: a parameter sent without a value is as if omitted.
+            continue
         if name in form:
             # RFC 6749 section 3.2: request parameters MUST NOT be included more than once.
             raise OAuthError("invalid_request", f"parameter {name!r} is repeated")

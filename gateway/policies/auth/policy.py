@@ -107,6 +107,13 @@ class JwtMethod:
         return await self._verifier.verify(credential, self._issuers)
 
 
+def _quoted_string(text: str) -> str:
+    """``text`` made safe inside an RFC 9110 quoted-string (defence in depth: reasons
+    are our own words, but must stay well-formed whatever ends up in them)."""
+    printable = "".join(char for char in text if char.isprintable())
+    return printable.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def _without_parameter(query: str, name: str) -> str:
     """``query`` less every ``name=...`` pair, the rest byte for byte as it came."""
     prefix = name + "="
@@ -184,9 +191,12 @@ class AuthPolicy:
                 reason = str(exc)
                 raise Unauthorized(
                     reason,
-                    challenge=f'{REALM}, error="invalid_token", error_description="{reason}"',
+                    challenge=f'{REALM}, error="invalid_token", '
+                    f'error_description="{_quoted_string(reason)}"',
                 ) from None
             except CredentialStoreDown:
+                # The client did nothing wrong: the store or an issuer's keys are out
+                # of reach. 503, never 401.
                 raise ServiceUnavailable(
                     "credentials cannot be checked right now", headers={"Retry-After": "1"}
                 ) from None
@@ -205,6 +215,7 @@ class AuthPolicy:
         headers = ctx.upstream_headers
         for name, read in self._writers:
             value = read(consumer)
-            if value is not None:
+            # A claim with a line break or control character cannot be a header value.
+            if value is not None and value.isprintable():
                 headers.append((name, value))
         return await call_next(ctx)

@@ -141,7 +141,8 @@ class AuthServices:
 
         async def fixed(kid: str | None) -> VerificationKey | None:
             found = static.get(kid)
-            if found is None and kid is None and len(static) == 1:
+            if found is None and len(static) == 1 and (kid is None or None in static):
+                # One key written without a kid verifies whatever kid a token names.
                 return next(iter(static.values()))
             return found
 
