@@ -346,3 +346,41 @@ async def test_pepper_rotation_keeps_old_keys_and_signs_new_ones(
     for key in (old.key, new.key):
         async with http.get(f"{gw.url}/k/1", headers={"X-API-Key": key}) as response:
             assert response.status == 200
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "RS256", "EdDSA"])
+async def test_token_endpoint_signs_with_each_algorithm(
+    start_gateway, upstream_url, http, tmp_path, algorithm
+) -> None:
+    import jwt as pyjwt
+
+    gw = await start_gateway(
+        f"""
+        routes:
+          - path: /j
+            auth: [jwt]
+            proxy: {{url: '{upstream_url}'}}
+        """,
+        top=auth_top(tmp_path, f"oauth: {{enabled: true, algorithm: {algorithm}}}"),
+    )
+    auth = gw.gateway.auth
+    client = await manage.create_client(
+        auth.store, auth.peppers, gw.gateway.clock, consumer_id="acme", scopes=("a",)
+    )
+    async with http.post(
+        f"{gw.url}/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": client.record.client_id,
+            "client_secret": client.secret,
+        },
+    ) as response:
+        assert response.status == 200
+        token = (await response.json())["access_token"]
+    assert pyjwt.get_unverified_header(token)["alg"] == algorithm
+    async with http.get(f"{gw.url}/.well-known/jwks.json") as response:
+        jwks = await response.json()
+    assert [key["alg"] for key in jwks["keys"]] == [algorithm]
+    async with http.get(f"{gw.url}/j", headers={"Authorization": f"Bearer {token}"}) as response:
+        assert response.status == 200
+        assert (await response.json())["X-Consumer-Id"] == "acme"
