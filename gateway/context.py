@@ -102,6 +102,11 @@ class Consumer:
     credential_id: str
     #: A JWT's verified claims (empty for API keys), for forwarding chosen ones upstream.
     claims: Mapping[str, Any] = field(default_factory=dict)
+    #: Identity headers already rendered for this consumer, per route policy: verified
+    #: consumers are cached and reused, so each renders its headers once.
+    rendered: dict[int, tuple[tuple[str, str], ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 @dataclass(slots=True)

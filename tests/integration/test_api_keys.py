@@ -384,3 +384,17 @@ async def test_token_endpoint_signs_with_each_algorithm(
     async with http.get(f"{gw.url}/j", headers={"Authorization": f"Bearer {token}"}) as response:
         assert response.status == 200
         assert (await response.json())["X-Consumer-Id"] == "acme"
+
+
+async def test_a_cached_key_still_expires_on_time(
+    start_gateway, upstream_url, http, tmp_path
+) -> None:
+    clock = ManualClock(wall=1_800_000_000.0)
+    gw = await start_gateway(routes(upstream_url), top=auth_top(tmp_path), clock=clock)
+    created = await new_key(gw, clock=clock, expires_in=5)
+    async with http.get(f"{gw.url}/k/1", headers={"X-API-Key": created.key}) as response:
+        assert response.status == 200  # verified and cached for cache_ttl (10 s)
+    clock.advance(6)  # inside the cache's 10 s, past the key's 5 s
+    async with http.get(f"{gw.url}/k/1", headers={"X-API-Key": created.key}) as response:
+        assert response.status == 401
+        assert "expired" in challenge(response)

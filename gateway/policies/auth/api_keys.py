@@ -6,6 +6,9 @@ Rules:
   lookups of one id share a single store call. The negative cache is bounded.
 - The secret is checked before anything else is said about the key: "revoked" or
   "expired" is only told to someone who holds the whole key.
+- A key that verified is remembered (the whole key -> its ``Consumer``) for the same
+  ``cache_ttl``, so a client reusing its key pays for one HMAC, not one per request;
+  revoking through the admin API drops the entry at once, and expiry is still checked.
 - Last-use times are kept in memory and written to the store in batches.
 """
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 
-from ...context import Clock
+from ...context import Clock, Consumer
 from ...stores.base import ApiKeyRecord, CredentialStore, StoreError
 from .secrets import ApiKey, Peppers
 
@@ -28,6 +31,7 @@ class CredentialStoreDown(Exception):
 
 
 _NEGATIVE_LIMIT = 100_000
+_VERIFIED_LIMIT = 100_000
 
 #: A key and its consumer's plan, cached together: one lookup answers both.
 _Entry = tuple[ApiKeyRecord, str]
@@ -53,7 +57,35 @@ class ApiKeyVerifier:
         self._known: dict[str, tuple[_Entry, float]] = {}
         self._unknown: OrderedDict[str, float] = OrderedDict()
         self._pending: dict[str, asyncio.Future[_Entry | None]] = {}
+        # whole key -> (consumer, trusted until (monotonic), expires_at (wall) or None)
+        self._verified: dict[str, tuple[Consumer, float, float | None]] = {}
+        self._verified_ids: dict[str, str] = {}
         self.last_used: dict[str, float] = {}
+
+    def cached(self, credential: str) -> Consumer | None:
+        """The consumer of a key that verified recently and is still live."""
+        entry = self._verified.get(credential)
+        if entry is None:
+            return None
+        consumer, until, expires_at = entry
+        if until <= self._clock.monotonic() or (
+            expires_at is not None and self._clock.wall() >= expires_at
+        ):
+            self._forget(credential, consumer.credential_id)
+            return None
+        self.last_used[consumer.credential_id] = self._clock.wall()
+        return consumer
+
+    def remember(self, credential: str, consumer: Consumer, expires_at: float | None) -> None:
+        if len(self._verified) >= _VERIFIED_LIMIT:
+            self._verified.clear()  # bounded; refilled by the next verifications
+            self._verified_ids.clear()
+        self._verified[credential] = (consumer, self._clock.monotonic() + self._ttl, expires_at)
+        self._verified_ids[consumer.credential_id] = credential
+
+    def _forget(self, credential: str, key_id: str) -> None:
+        self._verified.pop(credential, None)
+        self._verified_ids.pop(key_id, None)
 
     async def verify(self, key: ApiKey) -> tuple[ApiKeyRecord, str]:
         """The key's record and its consumer's plan; raises ``InvalidCredential``."""
@@ -74,6 +106,9 @@ class ApiKeyVerifier:
     def invalidate(self, key_id: str) -> None:
         self._known.pop(key_id, None)
         self._unknown.pop(key_id, None)
+        credential = self._verified_ids.pop(key_id, None)
+        if credential is not None:
+            self._verified.pop(credential, None)
 
     async def _lookup(self, key_id: str) -> _Entry | None:
         now = self._clock.monotonic()

@@ -10,6 +10,7 @@ is put on the context, and the chosen identity facts are queued for the upstream
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Protocol
 
@@ -24,6 +25,7 @@ from .jwt_verify import JwtVerifier
 from .secrets import API_KEY_PREFIX, parse_api_key
 
 REALM = 'Bearer realm="gateway"'
+_policy_ids = itertools.count()
 
 
 class Method(Protocol):
@@ -74,17 +76,23 @@ class ApiKeyMethod:
             ctx.query = _without_parameter(ctx.query, self._query)
 
     async def authenticate(self, credential: str) -> Consumer:
+        verifier = self._verifier
+        consumer = verifier.cached(credential)
+        if consumer is not None:
+            return consumer
         key = parse_api_key(credential)
         if key is None:
             raise InvalidCredential("the API key is not valid")
-        record, plan = await self._verifier.verify(key)
-        return Consumer(
+        record, plan = await verifier.verify(key)
+        consumer = Consumer(
             id=record.consumer_id,
             plan=plan,
             scopes=frozenset(record.scopes),
             credential="api_key",
             credential_id=record.key_id,
         )
+        verifier.remember(credential, consumer, record.expires_at)
+        return consumer
 
 
 class JwtMethod:
@@ -165,7 +173,7 @@ def _claim_reader(claim: str) -> Callable[[Consumer], str | None]:
 
 
 class AuthPolicy:
-    __slots__ = ("_hide", "_methods", "_scopes", "_writers")
+    __slots__ = ("_hide", "_methods", "_render_id", "_scopes", "_writers")
 
     def __init__(
         self,
@@ -175,6 +183,8 @@ class AuthPolicy:
         hide_credentials: bool = True,
     ) -> None:
         self._hide = hide_credentials
+        # Unique for the process's life (unlike id(), never reused after a reload).
+        self._render_id = next(_policy_ids)
         self._methods = tuple(methods)
         self._scopes = scopes
         self._writers = identity_writers(identity)
@@ -212,10 +222,17 @@ class AuthPolicy:
                 challenge=f'{REALM}, error="insufficient_scope", scope="{scopes.scope_text}"',
             )
         ctx.consumer = consumer
-        headers = ctx.upstream_headers
+        rendered = consumer.rendered.get(self._render_id)
+        if rendered is None:
+            rendered = consumer.rendered[self._render_id] = self._render(consumer)
+        ctx.upstream_headers.extend(rendered)
+        return await call_next(ctx)
+
+    def _render(self, consumer: Consumer) -> tuple[tuple[str, str], ...]:
+        headers = []
         for name, read in self._writers:
             value = read(consumer)
             # A claim with a line break or control character cannot be a header value.
             if value is not None and value.isprintable():
                 headers.append((name, value))
-        return await call_next(ctx)
+        return tuple(headers)
