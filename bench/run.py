@@ -1,6 +1,6 @@
 """The benchmark: the gateway against a direct call, a 30-line proxy and nginx.
 
-    python -m bench.run [--duration 10] [--rounds 3] [--only a,b,c,d,d2,e,f]
+    python -m bench.run [--duration 10] [--rounds 3] [--only a,b,c,d,d2,e,f,g,h]
 
 Variants (see bench/README.md for the reasoning):
 
@@ -9,24 +9,31 @@ Variants (see bench/README.md for the reasoning):
     c   nginx in front of it (skipped when nginx is not on PATH)
     d   the gateway's proxy route in front of it, access log off
     d2  the same with the access log on, written to a file
+    g   d's route with API-key auth (``auth: [api_key]``), every request with X-API-Key
+    h   d's route with JWT validation (``auth: [jwt]``), every request with one ES256
+        token from the gateway's own token endpoint (a client reuses its token)
     e   the gateway's five-way fan-out, open loop at 200 requests/s
     f   the same with one optional backend slow (500 ms), open loop at 100 requests/s
 
-a to d2 are closed-loop throughput runs with wrk (``-t1 -c32``). Their servers are all
-started once and measured in interleaved rounds (b, d, c, d2, a, the order rotated by one
-each round), each wrk run lasting duration/rounds seconds (rounded up, at least 3) after
-a single warm-up run per server. A shared machine's throughput drifts by 10-15 % within
-minutes, so comparing two variants measured minutes apart compares the machine too:
-each ratio (d/b, d/c, d2/b) is computed within each round and the median over the
-rounds is reported, as is each variant's median rps, latency and CPU per request.
+a to d2, g and h are closed-loop throughput runs with wrk (``-t1 -c32``). Their servers
+are all started once and measured in interleaved rounds (b, d, g, h, c, d2, a, the order
+rotated by one each round), each wrk run lasting duration/rounds seconds (rounded up,
+at least 3) after a single warm-up run per server. A shared machine's throughput drifts
+by 10-15 % within minutes, so comparing two variants measured minutes apart compares
+the machine too: each ratio (d/b, d/c, d2/b, g/d, h/d) is computed within each round
+and the median over the rounds is reported, as is each variant's median rps, latency
+and CPU per request. g's key and h's OAuth client are created with the gateway's CLI in
+a temporary credential store; before measuring, g and h must answer 200 with their
+credential and 401 without it or with a tampered one. A run with any non-2xx answer
+(401s and 502s are fast) puts its variant in error.
 
 e and f are open-loop latency runs with ``gateway.loadgen``. The server under test gets
 a CPU core of its own; the load generator and the sample upstream services share the
 other one. Results are printed and written to bench/results/latest.json.
 
 Bars (the exit status is 1 when one fails): proxy_throughput, the median per-round d/b
-req/s ratio >= 0.9; the fan-out's p99 <= 15 ms; the slow fan-out's p99 <= 60 ms with
-every response partial.
+req/s ratio >= 0.9; api_key_auth, g/d >= 0.85; jwt_auth, h/d >= 0.8; the fan-out's
+p99 <= 15 ms; the slow fan-out's p99 <= 60 ms with every response partial.
 
 Every process started here is stopped in a ``finally`` (SIGTERM, then SIGKILL), on
 errors, Ctrl-C and SIGTERM alike.
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import datetime
 import functools
@@ -55,6 +63,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -73,7 +82,11 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 PYTHON = sys.executable
 HOST = "127.0.0.1"
 
-ALL_VARIANTS = ("a", "b", "c", "d", "d2", "e", "f")
+ALL_VARIANTS = ("a", "b", "c", "d", "d2", "e", "f", "g", "h")
+#: The variants measured with wrk in interleaved rounds, in front of one users service.
+CLOSED_LOOP = ("a", "b", "c", "d", "d2", "g", "h")
+#: The gateway's proxy route, with (g, h) or without (d, d2) authentication.
+GATEWAY_PROXIES = ("d", "d2", "g", "h")
 NAMES = {
     "a": "users service, direct",
     "b": "baseline aiohttp proxy",
@@ -82,6 +95,8 @@ NAMES = {
     "d2": "gateway proxy route + access log",
     "e": "gateway fan-out x5",
     "f": "gateway fan-out x5, one slow",
+    "g": "gateway proxy route + API key",
+    "h": "gateway proxy route + JWT (ES256)",
 }
 KINDS = ("users", "orders", "recommendations", "inventory", "notifications")
 USER_PATH = "/users/42"
@@ -95,6 +110,13 @@ SLOW_RATE = 100.0
 SLOW_DELAY = "500ms"
 BAR_FANOUT_P99_MS = 15.0
 BAR_SLOW_P99_MS = FANOUT_BUDGET_MS + 10.0
+#: The consumer that g's API key and h's OAuth client belong to.
+BENCH_CONSUMER = "bench"
+BENCH_SCOPE = "bench"
+#: The shortest lifetime of h's token; longer runs get a longer one (plan_token_ttl_s).
+MIN_TOKEN_TTL_S = 3600
+#: Longest wait for one credential CLI command (it imports the gateway and opens SQLite).
+CLI_TIMEOUT_S = 60.0
 
 #: Longest wait for a started server to accept connections: the gateway imports
 #: pydantic and compiles its config first, which takes a second or two on a busy core.
@@ -252,10 +274,11 @@ def wait_ready(proc: Proc, port: int, timeout: float = READY_TIMEOUT_S) -> None:
     raise BenchError(f"{proc.name} did not accept connections on {port} within {timeout:g}s")
 
 
-def probe(url: str) -> tuple[int, dict[str, str]]:
+def probe(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
     """One GET before measuring, so a misconfigured server (404s are fast) is caught."""
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             response.read()
             return response.status, dict(response.headers.items())
     except urllib.error.HTTPError as exc:
@@ -264,11 +287,17 @@ def probe(url: str) -> tuple[int, dict[str, str]]:
         raise BenchError(f"probe of {url} failed: {exc}") from exc
 
 
-def expect_ok(url: str, what: str) -> dict[str, str]:
-    status, headers = probe(url)
-    if status != 200:
-        raise BenchError(f"{what}: GET {url} answered {status}, expected 200")
-    return headers
+def expect_status(
+    url: str, what: str, status: int, headers: dict[str, str] | None = None
+) -> dict[str, str]:
+    got, answer = probe(url, headers)
+    if got != status:
+        raise BenchError(f"{what}: GET {url} answered {got}, expected {status}")
+    return answer
+
+
+def expect_ok(url: str, what: str, headers: dict[str, str] | None = None) -> dict[str, str]:
+    return expect_status(url, what, 200, headers)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -439,7 +468,9 @@ def parse_wrk(text: str) -> dict[str, Any]:
     return out
 
 
-def wrk(url: str, seconds: float, cores: Cores) -> str:
+def wrk(url: str, seconds: float, cores: Cores, headers: dict[str, str] | None = None) -> str:
+    """wrk's output; ``headers`` go on every request (g's key, h's token)."""
+    extra = [arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")]
     command = cores.wrap(
         [
             "wrk",
@@ -447,6 +478,7 @@ def wrk(url: str, seconds: float, cores: Cores) -> str:
             f"-c{WRK_CONNECTIONS}",
             f"-d{max(1, round(seconds))}s",
             "--latency",
+            *extra,
             url,
         ],
         cores.load,
@@ -460,11 +492,15 @@ def wrk(url: str, seconds: float, cores: Cores) -> str:
 
 
 def measure_wrk(
-    url: str, seconds: int, cores: Cores, watch: dict[str, list[int]]
+    url: str,
+    seconds: int,
+    cores: Cores,
+    watch: dict[str, list[int]],
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One measured wrk run (no warm-up: the caller warms each server up once)."""
     meter = CpuMeter(watch)
-    text = wrk(url, seconds, cores)
+    text = wrk(url, seconds, cores, headers)
     result = parse_wrk(text)
     result["cpu"] = cpu = meter.finish()
     # CPU time per request of the server under test: unlike req/s it barely moves when
@@ -481,10 +517,10 @@ def measure_wrk(
 # --- rounds: medians and same-round ratios ------------------------------------------------
 
 #: The order of the closed-loop variants in round 1; each later round starts one further
-#: along (round 2 is d, c, d2, a, b), so no variant always runs first (straight after
-#: the warm-ups) or always last. b and d are adjacent so that the two runs behind the
-#: barred ratio d/b are as close in time as the rotation allows.
-ROUND_ORDER = ("b", "d", "c", "d2", "a")
+#: along (round 2 is d, g, h, c, d2, a, b), so no variant always runs first (straight
+#: after the warm-ups) or always last. b, d, g and h follow each other so that the runs
+#: behind the barred ratios d/b, g/d and h/d are as close in time as the rotation allows.
+ROUND_ORDER = ("b", "d", "g", "h", "c", "d2", "a")
 #: wrk takes whole seconds, and a run much shorter than this is mostly ramp-up.
 MIN_ROUND_S = 3
 DEFAULT_ROUNDS = 3
@@ -499,9 +535,25 @@ ROUND_FIGURES = (
     "upstream_cpu_us_per_request",
 )
 #: ``x_over_y`` pairs computed round by round.
-RATIO_PAIRS = (("d", "b"), ("d", "c"), ("d2", "b"))
-#: The issue's bar: the proxy route keeps at least this share of the bare proxy's req/s.
-BAR_PROXY_THROUGHPUT = 0.9
+RATIO_PAIRS = (("d", "b"), ("d", "c"), ("d2", "b"), ("g", "d"), ("h", "d"))
+
+
+@dataclass(frozen=True)
+class RatioBar:
+    """A bar on the median per-round rps ratio ``x_over_y``: it is at least ``floor``."""
+
+    ratio: str
+    floor: float
+    what: str
+
+
+#: The closed-loop bars: the proxy route keeps at least 0.9 of the bare proxy's req/s;
+#: authentication (API key, cached JWT) costs the route at most 15 % and 20 % of its own.
+CLOSED_LOOP_BARS = {
+    "proxy_throughput": RatioBar("d_over_b", 0.9, "d/b"),
+    "api_key_auth": RatioBar("g_over_d", 0.85, "g/d"),
+    "jwt_auth": RatioBar("h_over_d", 0.8, "h/d"),
+}
 
 
 def round_seconds(duration: float, rounds: int) -> int:
@@ -628,24 +680,21 @@ def _ratio(x: dict[str, Any] | None, y: dict[str, Any] | None) -> dict[str, Any]
     return out
 
 
-CLOSED_LOOP_BARS = ("proxy_throughput",)
-
-
 def closed_loop_bars(ratio: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
-    """The throughput bar, when both b and d were measured."""
-    d_over_b = ratio.get("d_over_b")
-    if d_over_b is None or not _number(d_over_b.get("rps")):
-        return {}
-    value = d_over_b["rps"]
-    return {
-        "proxy_throughput": {
-            "pass": value >= BAR_PROXY_THROUGHPUT,
+    """Each bar of CLOSED_LOOP_BARS whose two variants were both measured."""
+    out = {}
+    for name, bar in CLOSED_LOOP_BARS.items():
+        measured = ratio.get(bar.ratio)
+        if measured is None or not _number(measured.get("rps")):
+            continue
+        value = measured["rps"]
+        out[name] = {
+            "pass": value >= bar.floor,
             "value": value,
-            "rule": f"median over rounds of d/b req/s in the same round >= "
-            f"{BAR_PROXY_THROUGHPUT:g}",
-            "per_round": d_over_b["per_round"]["rps"],
+            "rule": f"median over rounds of {bar.what} req/s in the same round >= {bar.floor:g}",
+            "per_round": measured["per_round"]["rps"],
         }
-    }
+    return out
 
 
 # --- open loop -----------------------------------------------------------------------------
@@ -736,21 +785,173 @@ def write_gateway_config(
     return path
 
 
-def proxy_gateway_config(folder: Path, port: int, upstream: str, access_log: str) -> Path:
+def proxy_gateway_config(
+    folder: Path,
+    port: int,
+    upstream: str,
+    access_log: str,
+    auth: str | None = None,
+    token_ttl_s: int = MIN_TOKEN_TTL_S,
+) -> Path:
+    """d's route (d2 with an access log); with ``auth`` (api_key or jwt), g's or h's.
+
+    The authenticated route is d's with one line more, ``auth: [METHOD]``, and the
+    defaults otherwise (identity headers sent upstream, the checked credential hidden
+    from it). Its credential store is a SQLite file in ``folder``, absolute paths so that
+    the CLI and the gateway open the same one whatever their working directory.
+    """
+    route: dict[str, Any] = {"name": "users", "path": "/users/{id}", "methods": ["GET"]}
+    extra: dict[str, Any] = {}
+    if auth is not None:
+        route["auth"] = [auth]
+        spec: dict[str, Any] = {
+            "store": "sqlite",
+            "sqlite_path": str((folder / "credentials.db").resolve()),
+            "pepper_file": str((folder / "pepper.json").resolve()),
+        }
+        if auth == "jwt":
+            # The gateway trusts itself as issuer `self` once it issues tokens; ES256 is
+            # the default algorithm, named anyway since it is what h measures.
+            spec["oauth"] = {
+                "enabled": True,
+                "issuer": f"http://{HOST}:{port}",
+                "token_ttl": f"{token_ttl_s}s",
+                "algorithm": "ES256",
+            }
+        extra["auth"] = spec
+    route["proxy"] = {"upstream": "users", "timeout": "5s"}
     return write_gateway_config(
         folder,
         port,
-        routes=[
-            {
-                "name": "users",
-                "path": "/users/{id}",
-                "methods": ["GET"],
-                "proxy": {"upstream": "users", "timeout": "5s"},
-            }
-        ],
+        routes=[route],
         access_log=access_log,
+        **extra,
         upstreams={"users": {"targets": [upstream]}},
     )
+
+
+def credential_cli(config: Path, *args: str) -> str:
+    """stdout of ``python -m gateway ARGS -c CONFIG`` (keys create, clients create)."""
+    command = [PYTHON, "-m", "gateway", *args, "-c", str(config)]
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=CLI_TIMEOUT_S,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"`gateway {' '.join(args)}` took over {CLI_TIMEOUT_S:g}s") from exc
+    if done.returncode != 0:
+        raise BenchError(
+            f"`gateway {' '.join(args)}` failed ({done.returncode}): {done.stderr.strip()}"
+        )
+    return done.stdout
+
+
+def create_api_key(config: Path) -> str:
+    """A new API key of consumer ``bench`` in the config's store (the CLI prints it)."""
+    out = credential_cli(config, "keys", "create", "--consumer", BENCH_CONSUMER)
+    words = out.split()
+    if len(words) != 1 or not words[0].startswith("gwk_"):
+        raise BenchError(f"`gateway keys create` printed no key: {out!r}")
+    return words[0]
+
+
+def create_client(config: Path) -> tuple[str, str]:
+    """A new OAuth client ``(client_id, client_secret)`` of consumer ``bench``."""
+    out = credential_cli(
+        config, "clients", "create", "--consumer", BENCH_CONSUMER, "--scopes", BENCH_SCOPE
+    )
+    values = dict(line.partition("=")[::2] for line in out.splitlines() if "=" in line)
+    client_id, secret = values.get("client_id"), values.get("client_secret")
+    if not client_id or not secret:
+        raise BenchError(f"`gateway clients create` printed no client: {out!r}")
+    return client_id, secret
+
+
+def fetch_token(token_url: str, client: tuple[str, str], lasting: float) -> str:
+    """An access token from the gateway's token endpoint (client credentials, Basic).
+
+    It must last at least ``lasting`` seconds: a token expiring mid-run would turn the
+    rest of h's runs into fast 401s.
+    """
+    # RFC 6749 section 2.3.1: each part is form-urlencoded before the Basic encoding.
+    basic = ":".join(urllib.parse.quote(part, safe="") for part in client)
+    request = urllib.request.Request(
+        token_url,
+        data=urllib.parse.urlencode({"grant_type": "client_credentials"}).encode(),
+        headers={
+            "Authorization": "Basic " + base64.b64encode(basic.encode()).decode(),
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise BenchError(f"POST {token_url} answered {exc.code}: {exc.read()[:300]!r}") from exc
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"POST {token_url} failed: {exc}") from exc
+    token = body.get("access_token") if isinstance(body, dict) else None
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise BenchError(f"POST {token_url} returned no JWT: {body!r}")
+    expires_in = body.get("expires_in")
+    if not _number(expires_in) or expires_in < lasting:
+        raise BenchError(f"the token lasts {expires_in}s, the run needs {lasting:.0f}s")
+    return token
+
+
+def plan_token_ttl_s(variants: int, rounds: int, round_s: int) -> int:
+    """h's token lifetime: an hour, or twice the closed-loop runs' planned time if longer."""
+    planned = variants * (WARMUP_S + rounds * (round_s + 5)) + 120
+    return max(MIN_TOKEN_TTL_S, math.ceil(2 * planned))
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _flip(text: str, index: int) -> str:
+    """``text`` with the character at ``index`` changed (to another base64url letter)."""
+    new = "A" if text[index] != "A" else "B"
+    return text[:index] + new + text[index + 1 :]
+
+
+def tampered_credentials(key: str, headers: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Forgeries of g's key or h's token, each of which must be refused with a 401.
+
+    A route that accepted any key, or a token cache keyed by less than the whole token
+    (say, by its signature alone), would answer them 200 and be measured doing less
+    work. Probed after the genuine credential, so that its verification is cached.
+    """
+    ((name, value),) = headers.items()
+    if key == "g":
+        # gwk_<key id>_<secret>: change the secret's middle, keep the key id (which has
+        # no '_'; the secret may).
+        secret_at = value.index("_", len("gwk_")) + 1
+        middle = secret_at + (len(value) - secret_at) // 2
+        return {"a key with a wrong secret": {name: _flip(value, middle)}}
+    scheme, _, token = value.partition(" ")
+    head, payload, signature = token.split(".")
+    claims = json.loads(_b64url_decode(payload))
+    claims["sub"] = f"{claims.get('sub')}-forged"
+    forged = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+    flipped = _flip(signature, len(signature) // 2)
+    return {
+        "a token with a changed payload and the original signature": {
+            name: f"{scheme} {head}.{forged}.{signature}"
+        },
+        "a token with a changed signature": {name: f"{scheme} {head}.{payload}.{flipped}"},
+    }
 
 
 def fanout_backends(origins: dict[str, str], slow: bool) -> dict[str, Any]:
@@ -857,6 +1058,10 @@ class Target:
     access_log: Path | None = None
     #: Its processes (nginx: master and worker), known once it is ready.
     server_pids: list[int] = field(default_factory=list)
+    #: Sent with every request, probes and wrk alike: g's API key, h's bearer token.
+    headers: dict[str, str] = field(default_factory=dict)
+    #: h: the OAuth client whose token goes in ``headers``, fetched once the gateway is up.
+    client: tuple[str, str] | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
 
@@ -877,6 +1082,12 @@ class Run:
     @property
     def round_s(self) -> int:
         return round_seconds(self.duration, self.rounds)
+
+    @property
+    def token_ttl_s(self) -> int:
+        """h's token lifetime (it must outlast the closed-loop runs)."""
+        measured = sum(key in self.only for key in CLOSED_LOOP)
+        return plan_token_ttl_s(measured, self.rounds, self.round_s)
 
     def server(self, name: str, command: Sequence[str]) -> contextlib.AbstractContextManager[Proc]:
         return self.procs.running_one(name, self.cores.wrap(command, self.cores.server))
@@ -917,16 +1128,15 @@ class Run:
             if key in self.only and key not in self.variants:
                 self.variants[key] = {"name": NAMES[key], "error": f"set-up failed: {error}"}
 
-    # -- a to d2: one users service, every server under test in front of it, in rounds --
+    # -- a to d2, g, h: one users service, every server under test in front of it, in rounds
 
     def run_proxies(self) -> None:
-        keys = ("a", "b", "c", "d", "d2")
-        if not set(keys) & set(self.only):
+        if not set(CLOSED_LOOP) & set(self.only):
             return
         try:
             self._run_proxies()
         except BenchError as exc:
-            self.setup_failed(keys, exc)
+            self.setup_failed(CLOSED_LOOP, exc)
 
     def _run_proxies(self) -> None:
         port = self.port()
@@ -969,6 +1179,14 @@ class Run:
                 targets.append(Target(key, upstream + USER_PATH, upstream_port))
                 continue
             port = self.port()
+            url = f"http://{HOST}:{port}{USER_PATH}"
+            if key in ("g", "h"):
+                try:
+                    targets.append(self._start_auth_gateway(key, url, port, upstream))
+                except BenchError as exc:
+                    self.say(f"[{key}] FAILED: {exc}")
+                    targets.append(Target(key, url, port, error=str(exc)))
+                continue
             access_log: Path | None = None
             if key == "b":
                 command = [
@@ -993,15 +1211,37 @@ class Run:
                 )
                 command = [PYTHON, "-m", "gateway", "run", "-c", str(config)]
                 proc = self.start_server(name, command)
-            url = f"http://{HOST}:{port}{USER_PATH}"
             targets.append(Target(key, url, port, proc, access_log))
         for target in targets:
+            if target.error is not None:
+                continue
             try:
                 self._check(target)
             except BenchError as exc:
                 self.say(f"[{target.key}] FAILED: {exc}")
                 target.error = str(exc)
         return targets
+
+    def _start_auth_gateway(self, key: str, url: str, port: int, upstream: str) -> Target:
+        """g or h: d's gateway with ``auth: [api_key]`` or ``auth: [jwt]``.
+
+        The credential is created with the gateway's CLI in the config's (temporary)
+        store before the gateway starts: g's key goes straight into the target's
+        headers; h's OAuth client gets its token once the gateway answers (``_check``).
+        """
+        name = "gateway-apikey" if key == "g" else "gateway-jwt"
+        method = "api_key" if key == "g" else "jwt"
+        config = proxy_gateway_config(
+            self.workdir / name, port, upstream, "off", auth=method, token_ttl_s=self.token_ttl_s
+        )
+        target = Target(key, url, port)
+        if key == "g":
+            target.headers = {"X-API-Key": create_api_key(config)}
+        else:
+            target.client = create_client(config)
+        command = [PYTHON, "-m", "gateway", "run", "-c", str(config)]
+        target.proc = self.start_server(name, command)
+        return target
 
     def _check(self, target: Target) -> None:
         """Wait for the server, record its pinning, and make sure it answers properly."""
@@ -1012,9 +1252,21 @@ class Run:
             self.record_pinning(proc, f"server under test{' (master + worker)' if nginx else ''}")
             # nginx forks its worker after it starts listening: look for it only now.
             target.server_pids = [proc.pid, *child_pids(proc.pid)]
-        headers = expect_ok(target.url, NAMES[target.key])
-        if target.key in ("d", "d2") and "Server-Timing" not in headers:
+        if target.client is not None:
+            token_url = f"http://{HOST}:{target.port}/oauth/token"
+            token = fetch_token(token_url, target.client, self.token_ttl_s / 2)
+            target.headers = {"Authorization": f"Bearer {token}"}
+        what = NAMES[target.key]
+        headers = expect_ok(target.url, what, target.headers)
+        if target.key in GATEWAY_PROXIES and "Server-Timing" not in headers:
             raise BenchError("the gateway's answer has no Server-Timing: not the gateway?")
+        if target.headers:
+            # The credential must be what makes the 200: refused without it or forged.
+            expect_status(target.url, f"{what}, without a credential", 401)
+            for forgery, forged in tampered_credentials(target.key, target.headers).items():
+                expect_status(target.url, f"{what}, with {forgery}", 401, forged)
+            # ...and still accepted afterwards (nothing above spoilt a cache).
+            expect_ok(target.url, what, target.headers)
 
     def _measure_rounds(self, targets: list[Target], users: Proc) -> None:
         live = {target.key: target for target in targets if target.error is None}
@@ -1026,12 +1278,20 @@ class Run:
         for key in self.orders[0]:
             self.say(f"[{key}] {NAMES[key]}: warm-up {WARMUP_S:g}s")
             target = live[key]
-            self._guard(target, functools.partial(wrk, target.url, WARMUP_S, self.cores))
+            warm_up = functools.partial(wrk, target.url, WARMUP_S, self.cores, target.headers)
+            self._guard(target, warm_up)
         for number, order in enumerate(self.orders, start=1):
             for position, key in enumerate(order, start=1):
                 target = live[key]
                 if target.error is not None:
                     continue
+                if users.popen.poll() is not None:
+                    # Every proxy would now measure fast 502s: stop, keeping the rounds so far.
+                    error = _exited(users, f"during round {number}")
+                    self.say(f"FAILED: {error}")
+                    for other in live.values():
+                        other.error = other.error or error
+                    return
                 self.say(f"[round {number}/{self.rounds}] [{key}] {NAMES[key]}: {self.round_s}s")
                 idle = [
                     pid
@@ -1042,12 +1302,26 @@ class Run:
                 watch = {"upstream": [users.pid], "idle_servers": idle}
                 if target.server_pids:
                     watch["server"] = target.server_pids
-                measure = functools.partial(
-                    measure_wrk, target.url, self.round_s, self.cores, watch
-                )
+                measure = functools.partial(self._measure, target, watch, users)
                 result = self._guard(target, measure)
                 if result is not None:
                     target.runs.append({"round": number, "position": position, **result})
+
+    def _measure(self, target: Target, watch: dict[str, list[int]], users: Proc) -> dict[str, Any]:
+        """One measured run, refused when it did not measure what it claims to.
+
+        Error answers are fast: a 401 storm (g's key or h's token refused mid-run) or
+        502s (the users service gone) would otherwise pass for a fast server.
+        """
+        result = measure_wrk(target.url, self.round_s, self.cores, watch, target.headers)
+        if users.popen.poll() is not None:
+            raise BenchError(_exited(users, "during this run"))
+        if result["non_2xx"]:
+            hint = ": was the credential refused?" if target.headers else ""
+            raise BenchError(
+                f"{result['non_2xx']} of {result['requests']} responses were not 2xx{hint}"
+            )
+        return result
 
     def _guard(self, target: Target, call: Callable[[], _T]) -> _T | None:
         """``call()``, or None with the target marked failed if it raised.
@@ -1078,6 +1352,9 @@ class Run:
             f"{len(target.runs)} of {self.rounds} rounds"
         )
         result["url"] = target.url
+        if target.headers:
+            # Which header carried the credential; never the credential itself.
+            result["credential_header"] = next(iter(target.headers))
         if target.access_log is not None and target.runs:
             # Read once the gateway has drained and exited: only then is the log complete.
             path = target.access_log
@@ -1148,6 +1425,10 @@ class Run:
         return summary
 
 
+def _exited(proc: Proc, when: str) -> str:
+    return f"{proc.name} exited with {proc.popen.returncode} {when}:\n{proc.log_tail()}"
+
+
 def _bar(passed: bool, value: float) -> dict[str, Any]:
     return {"pass": passed, "value": value}
 
@@ -1185,7 +1466,7 @@ def _fmt(value: object, spec: str = ".2f") -> str:
 def print_table(report: dict[str, Any]) -> None:
     variants: dict[str, dict[str, Any]] = report["variants"]
     print()
-    if any(key in variants for key in ("a", "b", "c", "d", "d2")):
+    if any(key in variants for key in CLOSED_LOOP):
         print_closed_loop(report)
     if any(key in variants for key in ("e", "f")):
         print_open_loop(report)
@@ -1207,7 +1488,7 @@ def print_closed_loop(report: dict[str, Any]) -> None:
     header = f"  {'':3}{'variant':<34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
     print(header + f"{'us/req':>8}{'server':>8}{'upstrm':>8}{'core0':>7}{'core1':>7}{'other':>7}")
     measured = []
-    for key in ("a", "b", "c", "d", "d2"):
+    for key in CLOSED_LOOP:
         v = variants.get(key)
         if v is None:
             continue
@@ -1311,17 +1592,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--duration",
         type=float,
         default=10.0,
-        help="seconds measured per variant (10); a to d2 split them over the rounds",
+        help="seconds measured per variant (10); the closed-loop variants (a to d2, g, h) "
+        "split them over the rounds",
     )
     parser.add_argument(
         "--rounds",
         type=int,
         default=DEFAULT_ROUNDS,
-        help=f"interleaved rounds of the closed-loop variants a to d2 ({DEFAULT_ROUNDS}); "
+        help=f"interleaved rounds of the closed-loop variants a to d2, g, h ({DEFAULT_ROUNDS}); "
         f"each wrk run lasts duration/rounds s, rounded up, at least {MIN_ROUND_S} s",
     )
     parser.add_argument(
-        "--only", default=",".join(ALL_VARIANTS), help="comma-separated variants (all)"
+        "--only",
+        default=",".join(ALL_VARIANTS),
+        help="comma-separated variants (all: %(default)s); g and h, like b to d2, also "
+        "start the users service",
     )
     parser.add_argument(
         "--output", type=Path, default=RESULTS, help="JSON results file (%(default)s)"
@@ -1335,8 +1620,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--duration must be at least 1 second")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    if shutil.which("wrk") is None and set(only) & {"a", "b", "c", "d", "d2"}:
-        parser.error("wrk is not on PATH (variants a to d2 need it)")
+    if shutil.which("wrk") is None and set(only) & set(CLOSED_LOOP):
+        parser.error("wrk is not on PATH (variants a to d2, g and h need it)")
 
     # SIGTERM (a CI timeout, `kill`) must unwind through the finally blocks like Ctrl-C.
     def on_term(signum: int, frame: FrameType | None) -> None:
