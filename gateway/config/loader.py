@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from ..routing import compile_template
 from ..upstream.urls import placeholders
 from .errors import ConfigError, ConfigIssue
-from .model import GatewayConfig, RouteSpec
+from .model import ContractSpec, GatewayConfig, LimitSpec, RouteSpec
 from .source import KeyPath, SourceMap, format_key_path, load_yaml
 
 _INCLUDABLE_KEYS = ("upstreams", "routes")
@@ -331,12 +331,46 @@ def _check_route_limit(
         )
     if not limit.plan and limit.limit is None:
         issues.append(_issue_at(sources, at, "`plan: false` needs the route's own `limit:`"))
-    bursts = [("the route's own limit", limit.limit)] if limit.limit is not None else []
+    anonymous = limit.by == "ip" or limit.by.startswith("header:")
+    fallback_plan = config.auth.default_plan
+    if (
+        limit.plan
+        and limit.limit is None
+        and limit.anonymous_plan is None
+        and (fallback_plan not in plans)
+    ):
+        # Otherwise callers whose plan is unknown (or anonymous ones) would be unlimited.
+        issues.append(
+            _issue_at(
+                sources,
+                at,
+                f"callers without a known plan fall back to plan {fallback_plan!r}, which is "
+                "not under `rate_limits.plans`: define it, or give the route its own `limit:`"
+                + (" or an `anonymous_plan:`" if anonymous else ""),
+            )
+        )
+    bursts: list[tuple[str, LimitSpec | ContractSpec]] = (
+        [("the route's own limit", limit.limit)] if limit.limit is not None else []
+    )
     if limit.plan:
         bursts += [(f"plan {name!r}", plan) for name, plan in plans.items()]
+        bursts += [
+            (f"the contract of {consumer!r}", contract)
+            for consumer, contract in config.rate_limits.consumers.items()
+        ]
     for what, spec in bursts:
-        if spec is not None and spec.rate is not None:
-            burst = spec.burst or max(1, int(-(-spec.rate[0] // spec.rate[1])))
+        if spec.quota is not None and limit.cost > spec.quota[0]:
+            issues.append(
+                _issue_at(
+                    sources,
+                    (*at, "cost"),
+                    f"cost {limit.cost} is more than the quota of {what} "
+                    f"({int(spec.quota[0])}): no request could ever pass",
+                )
+            )
+        if spec.rate is not None or spec.burst is not None:
+            rate = spec.rate or (1.0, 1.0)
+            burst = spec.burst or max(1, int(-(-rate[0] // rate[1])))
             if limit.cost > burst:
                 issues.append(
                     _issue_at(

@@ -286,6 +286,13 @@ class ContractSpec(Spec):
     burst: int | None = Field(None, ge=1)
     quota: Rate | None = None
 
+    @field_validator("quota")
+    @classmethod
+    def _whole_quota(cls, quota: tuple[float, float] | None) -> tuple[float, float] | None:
+        if quota is not None and quota[0] != int(quota[0]):
+            raise ValueError("a quota is a whole number of requests")
+        return quota
+
 
 class BreakerSpec(Spec):
     #: Consecutive store failures that open the breaker.

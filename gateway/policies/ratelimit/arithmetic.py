@@ -78,6 +78,10 @@ class Decision:
         return max((o.retry_after for o in self.outcomes if not o.admitted), default=0.0)
 
 
+#: Slack on time comparisons: a float holding epoch seconds resolves ~0.2 µs, so
+#: ``tat + cost*T - burst*T`` can land a hair after ``now`` and lose a burst's last unit.
+_EPSILON = 1e-6
+
 #: The state of one limit: the TAT for a rate; (window index, count) for a quota.
 State = float | tuple[int, int] | None
 
@@ -104,10 +108,10 @@ def _rate(limit: Limit, state: State, cost: int, now: float) -> tuple[Outcome, S
     tat = state if isinstance(state, float) and state > now else now
     new_tat = tat + cost * interval
     allow_at = new_tat - limit.burst * interval
-    if now < allow_at - 1e-9:
-        remaining = max(0, math.floor((now - (tat - limit.burst * interval)) / interval + 1e-9))
+    if now < allow_at - _EPSILON:
+        remaining = max(0, math.floor((now - (tat - limit.burst * interval)) / interval + _EPSILON))
         return Outcome(False, remaining, tat - now, allow_at - now), state
-    remaining = max(0, math.floor((now - allow_at) / interval + 1e-9))
+    remaining = max(0, math.floor((now - allow_at) / interval + _EPSILON))
     return Outcome(True, remaining, new_tat - now, 0.0), new_tat
 
 

@@ -44,6 +44,10 @@ class Breaker:
         self._probing = False
         self.state = "closed"
 
+    def abandoned(self) -> None:
+        """The call was cancelled before it could tell: let another request probe."""
+        self._probing = False
+
     def failed(self) -> None:
         self._probing = False
         self._failures += 1

@@ -6,6 +6,7 @@
 -- ARGV[1]   cost
 -- ARGV[2+4(i-1) ..] per limit: kind (1 rate, 2 quota), amount, burst, period
 -- returns   {admitted, then per limit: admitted, remaining, reset_us, retry_us}
+-- 1e-6: the same slack on time comparisons as arithmetic.py (float resolution).
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local cost = tonumber(ARGV[1])
@@ -26,12 +27,12 @@ for i = 1, n do
     if tat == nil or tat < now then tat = now end
     local new_tat = tat + cost * interval
     local allow_at = new_tat - burst * interval
-    if now < allow_at - 1e-9 then
-      local remaining = math.max(0, math.floor((now - (tat - burst * interval)) / interval + 1e-9))
+    if now < allow_at - 1e-6 then
+      local remaining = math.max(0, math.floor((now - (tat - burst * interval)) / interval + 1e-6))
       all = 0
       results[i] = {0, remaining, tat - now, allow_at - now}
     else
-      local remaining = math.max(0, math.floor((now - allow_at) / interval + 1e-9))
+      local remaining = math.max(0, math.floor((now - allow_at) / interval + 1e-6))
       results[i] = {1, remaining, new_tat - now, 0}
       writes[i] = {string.format('%.6f', new_tat), math.ceil((new_tat - now) * 1000) + 1}
     end

@@ -123,6 +123,11 @@ class Limiter:
         except (StoreError, TimeoutError):
             self.breaker.failed()
             return None
+        except BaseException:
+            # Cancelled (the client left) or a bug: either way this was no verdict on
+            # the store, and a probe must not stay claimed forever.
+            self.breaker.abandoned()
+            raise
         self.breaker.succeeded()
         return decision
 
@@ -155,14 +160,14 @@ class RateLimitPolicy:
             return LimitSet.of(limits + own, share)
 
         self._by_plan: dict[str, LimitSet] = {}
-        self._by_contract: dict[str, LimitSet] = {}
+        self._contracts = contracts if spec.plan else {}
+        self._plans = plans
+        self._with_own = with_own
+        # (consumer, plan) -> limits: a contract without `plan:` builds on the plan the
+        # consumer has, which is only known per request; built once per pair.
+        self._by_contract: dict[tuple[str, str], LimitSet] = {}
         if spec.plan:
             self._by_plan = {name: with_own(limits_of(plan)) for name, plan in plans.items()}
-            for consumer, contract in contracts.items():
-                plan_name = contract.plan or default_plan
-                self._by_contract[consumer] = with_own(
-                    contract_limits(plans.get(plan_name), contract)
-                )
         self._default = (self._by_plan.get(default_plan) if spec.plan else None) or with_own(())
         self._anonymous = (
             self._by_plan.get(spec.anonymous_plan, self._default)
@@ -172,19 +177,24 @@ class RateLimitPolicy:
         self._by = spec.by
         self._header = spec.by[len("header:") :] if spec.by.startswith("header:") else None
 
+    def _limits_for(self, consumer_id: str, plan: str) -> LimitSet:
+        contract = self._contracts.get(consumer_id)
+        if contract is None:
+            return self._by_plan.get(plan, self._default)
+        limit_set = self._by_contract.get((consumer_id, plan))
+        if limit_set is None:
+            base = self._plans.get(contract.plan or plan)
+            limit_set = self._with_own(contract_limits(base, contract))
+            self._by_contract[(consumer_id, plan)] = limit_set
+        return limit_set
+
     def _subject(self, ctx: RequestContext) -> tuple[str, LimitSet]:
         consumer = ctx.consumer
         by = self._by
         if by == "consumer" and consumer is not None:
-            limit_set = self._by_contract.get(consumer.id) or self._by_plan.get(
-                consumer.plan, self._default
-            )
-            return "c:" + consumer.id, limit_set
+            return "c:" + consumer.id, self._limits_for(consumer.id, consumer.plan)
         if by == "api_key" and consumer is not None:
-            limit_set = self._by_contract.get(consumer.id) or self._by_plan.get(
-                consumer.plan, self._default
-            )
-            return "k:" + consumer.credential_id, limit_set
+            return "k:" + consumer.credential_id, self._limits_for(consumer.id, consumer.plan)
         if self._header is not None:
             value = ctx.request.headers.get(self._header)
             if value is not None:
@@ -204,7 +214,9 @@ class RateLimitPolicy:
             tag + (self._route_prefix if index >= route_start else ":") + limit.name
             for index, limit in enumerate(limits)
         ]
-        deny_key = keys[0]
+        # Per subject and route: a refusal depends on the route's own limits and cost,
+        # so it must not refuse the subject's requests on other routes.
+        deny_key = tag + self._route_prefix
         now = limiter.clock.monotonic()
         denied = limiter.denied_until.get(deny_key)
         if denied is not None and denied[0] > now and not spec.shadow:
