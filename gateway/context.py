@@ -133,5 +133,7 @@ class RequestContext:
     upstream_headers: list[tuple[str, str]] = field(default_factory=list)
     #: Request headers policies ask the terminal not to send (a checked credential).
     hidden_headers: list[str] = field(default_factory=list)
+    #: Time spent in policies that wait on a store (``ratelimit``), for Server-Timing.
+    policy_timings: list[tuple[str, float]] = field(default_factory=list)
     #: Headers policies add to the response (rate-limit state), set before it starts.
     response_headers: list[tuple[str, str]] = field(default_factory=list)

@@ -52,6 +52,7 @@ def server_timing(ctx: RequestContext, total: float) -> str:
         f'{name};dur={seconds * 1000:.1f};desc="{outcome}"'
         for name, seconds, outcome in ctx.timings
     ]
+    parts.extend(f"{name};dur={seconds * 1000:.2f}" for name, seconds in ctx.policy_timings)
     own = max(0.0, total - ctx.upstream_wait)
     parts.append(f"gateway;dur={own * 1000:.1f}")
     parts.append(f"total;dur={total * 1000:.1f}")

@@ -910,3 +910,19 @@ def test_a_contract_quota_must_be_whole(tmp_path: Path) -> None:
     issue = one_issue(main)
     assert issue.key_path == "rate_limits.consumers.acme.quota"
     assert "whole number" in issue.message
+
+
+async def test_redis_decisions_show_in_server_timing(
+    start_gateway, http, private_redis_server
+) -> None:
+    gw = await start_gateway(
+        limited_route("{by: ip, plan: false, limit: {rate: 100/s, burst: 100}}"),
+        top=f"rate_limits:\n  store: redis\n  redis_url: {private_redis_server.url}\n"
+        "  redis_timeout: 200ms\n",
+    )
+    async with http.get(f"{gw.url}/r") as response:
+        timing = response.headers["Server-Timing"]
+    entry = next(
+        part.strip() for part in timing.split(",") if part.strip().startswith("ratelimit;")
+    )
+    assert float(entry.split("dur=")[1]) >= 0

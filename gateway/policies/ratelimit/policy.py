@@ -227,7 +227,13 @@ class RateLimitPolicy:
             raise TooManyRequests(
                 "the rate limit is exceeded", headers={"Retry-After": _seconds(denied[0] - now)}
             )
-        decision = await limiter.decide(keys, limits, self._cost)
+        if limiter.remote:
+            # A round trip to Redis: show what it cost in Server-Timing.
+            started = limiter.clock.monotonic()
+            decision = await limiter.decide(keys, limits, self._cost)
+            ctx.policy_timings.append(("ratelimit", limiter.clock.monotonic() - started))
+        else:
+            decision = await limiter.decide(keys, limits, self._cost)
         if decision is None:
             decision = await self._store_down(ctx, keys, limit_set)
             if decision is None:
