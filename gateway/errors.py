@@ -6,7 +6,9 @@
      +-- Forbidden                   403 authenticated, not allowed (``WWW-Authenticate``)
      +-- NotFound                    404 no route for this path
      +-- MethodNotAllowed            405 a route has the path, not the method (``Allow``)
+     +-- PreconditionFailed          412 If-Match does not hold
      +-- PayloadTooLarge             413
+     +-- PreconditionRequired        428 the route requires If-Match on writes
      +-- TooManyRequests             429 rate limited (``Retry-After``)
      +-- HeadersTooLarge             431
      +-- UpstreamError               502 an upstream refused, reset or broke the protocol
@@ -84,6 +86,18 @@ class MethodNotAllowed(GatewayError):
 
     def __init__(self, detail: str, *, allow: tuple[str, ...]) -> None:
         super().__init__(detail, headers={"Allow": ", ".join(allow)})
+
+
+class PreconditionFailed(GatewayError):
+    status = 412
+    title = "Precondition failed"
+    slug = "precondition-failed"
+
+
+class PreconditionRequired(GatewayError):
+    status = 428
+    title = "Precondition required"
+    slug = "precondition-required"
 
 
 class PayloadTooLarge(GatewayError):

@@ -17,6 +17,7 @@ from .pipeline import CompiledRoute, Handler, Policy, build_chain
 from .policies.auth.oauth import JwksEndpoint, TokenEndpoint
 from .policies.auth.policy import ApiKeyMethod, AuthPolicy, JwtMethod, Method, ScopeRule
 from .policies.auth.services import AuthServices
+from .policies.conditional import ConditionalPolicy
 from .policies.ratelimit.policy import Limiter, RateLimitPolicy
 from .routing import Router, compile_template
 from .upstream.assemble import make_part
@@ -161,8 +162,17 @@ class _Builder:
             methods=tuple(spec.methods),
             kind=kind,
             budget=budget,
-            handler=build_chain(self._auth(spec) + self._rate_limit(spec, name), terminal),
+            handler=build_chain(
+                self._auth(spec) + self._rate_limit(spec, name) + self._conditional(spec, terminal),
+                terminal,
+            ),
         )
+
+    def _conditional(self, spec: RouteSpec, terminal: Handler) -> list[Policy]:
+        if spec.conditional is None:
+            return []
+        current = terminal.current_etag if isinstance(terminal, ProxyHandler) else None
+        return [ConditionalPolicy(spec.conditional, current)]
 
     def _rate_limit(self, spec: RouteSpec, name: str) -> list[Policy]:
         if spec.rate_limit is None:

@@ -341,6 +341,16 @@ class RouteLimitSpec(Spec):
         raise ValueError(f"`by` is consumer, api_key, ip or header:<name>, not {value!r}")
 
 
+class ConditionalSpec(Spec):
+    """Conditional requests answered at the edge (RFC 9110 section 13)."""
+
+    #: Give GET/HEAD 200s a strong ETag (a hash of the body) when the upstream sent none.
+    etag: bool = True
+    #: Refuse writes without ``If-Match`` (428), or whose ``If-Match`` does not name the
+    #: current representation (412): optimistic concurrency.
+    require_if_match: bool = False
+
+
 class BackendSpec(Spec):
     #: Full URL template: ``http://127.0.0.1:9102/orders?user={id}``.
     url: Annotated[str, BeforeValidator(_check_url)]
@@ -385,6 +395,7 @@ class RouteSpec(Spec):
     scopes: ScopesSpec | None = None
     identity_headers: IdentityHeadersSpec = IdentityHeadersSpec()
     rate_limit: RouteLimitSpec | None = None
+    conditional: ConditionalSpec | None = None
     #: Remove the credential the gateway checked (key or token) before proxying; the
     #: upstream learns who called from the identity headers instead.
     hide_credentials: bool = True
@@ -420,6 +431,14 @@ class RouteSpec(Spec):
             raise ValueError("an authentication method is listed twice")
         if self.auth == "none" and (self.scopes is not None or self.issuers is not None):
             raise ValueError("`scopes:` and `issuers:` need `auth:`")
+        if (
+            self.conditional is not None
+            and self.conditional.require_if_match
+            and (self.fanout is not None)
+        ):
+            raise ValueError(
+                "`require_if_match` needs a `proxy:` route (writes go to one upstream)"
+            )
         if self.proxy is None and self.fanout is None:
             raise ValueError("a route needs an upstream: add `proxy:` or `fanout:`")
         if self.proxy is not None and self.fanout is not None:

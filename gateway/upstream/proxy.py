@@ -21,8 +21,9 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..context import RequestContext
-from ..errors import GatewayError, PayloadTooLarge, UpstreamTimeout
+from ..errors import GatewayError, PayloadTooLarge, UpstreamError, UpstreamTimeout
 from ..observability import stamp_response
+from ..policies.conditional_spec import strong_etag
 from .headers import (
     BUDGET_HEADER,
     downstream_response_headers,
@@ -179,6 +180,48 @@ class ProxyHandler:
             return await self._respond(ctx, upstream, target, started, version)
         finally:
             upstream.release()
+
+    async def current_etag(self, ctx: RequestContext) -> str | None:
+        """The ETag of what the upstream holds now at this request's target (a GET),
+        or None when there is nothing there. For ``If-Match`` checks on writes."""
+        path = self._prefix + (
+            self._path.render(ctx.params) if self._path is not None else ctx.path
+        )
+        if ctx.query:
+            path += ("&" if "?" in path else "?") + ctx.query
+        headers = {"X-Request-Id": ctx.request_id, **dict(ctx.upstream_headers)}
+        for name in ("Accept", "Accept-Encoding", "Accept-Language"):
+            value = ctx.request.headers.get(name)
+            if value is not None:
+                headers[name] = value
+        pool = self._pool
+        target = pool.pick()
+        try:
+            async with pool.session.get(
+                URL(target.origin + path, encoded=True),
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout,
+            ) as response:
+                if response.status in (404, 410):
+                    return None
+                if response.status != 200:
+                    raise UpstreamError(
+                        f"upstream {pool.name!r} answered {response.status} to the "
+                        "precondition check"
+                    )
+                body = await response.content.read(self._settings.buffer_limit + 1)
+                etag = response.headers.get("ETag")
+                if etag is not None:
+                    return etag
+                if len(body) > self._settings.buffer_limit or not response.content.at_eof():
+                    raise UpstreamError(
+                        f"upstream {pool.name!r} sent no ETag for a representation too large "
+                        "to hash for a precondition check"
+                    )
+                return strong_etag(body)
+        except CLIENT_ERRORS as exc:
+            raise client_error(exc, pool.name) from exc
 
     async def _send(
         self,
