@@ -17,6 +17,7 @@ from .pipeline import CompiledRoute, Handler, Policy, build_chain
 from .policies.auth.oauth import JwksEndpoint, TokenEndpoint
 from .policies.auth.policy import ApiKeyMethod, AuthPolicy, JwtMethod, Method, ScopeRule
 from .policies.auth.services import AuthServices
+from .policies.cache.policy import CachePolicy, ResponseCache
 from .policies.conditional import ConditionalPolicy
 from .policies.ratelimit.policy import Limiter, RateLimitPolicy
 from .routing import Router, compile_template
@@ -47,10 +48,11 @@ async def build_runtime(
     registry: PoolRegistry,
     auth: AuthServices | None = None,
     limiter: Limiter | None = None,
+    cache: ResponseCache | None = None,
 ) -> Runtime:
     """Build every route of ``loaded``. Runs on the event loop (it opens sessions)."""
     config = loaded.config
-    builder = _Builder(config, registry, auth, limiter)
+    builder = _Builder(config, registry, auth, limiter, cache)
     router: Router[CompiledRoute] = Router()
     routes = []
     try:
@@ -81,11 +83,13 @@ class _Builder:
         registry: PoolRegistry,
         auth: AuthServices | None,
         limiter: Limiter | None,
+        cache: ResponseCache | None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.auth = auth
         self.limiter = limiter
+        self.cache = cache
         self.keys: list[PoolKey] = []
         self.jwt = auth.jwt_verifier(config) if auth is not None else None
         server = config.server
@@ -163,10 +167,20 @@ class _Builder:
             kind=kind,
             budget=budget,
             handler=build_chain(
-                self._auth(spec) + self._rate_limit(spec, name) + self._conditional(spec, terminal),
+                self._auth(spec)
+                + self._rate_limit(spec, name)
+                + self._conditional(spec, terminal)
+                + self._cached(spec, name),
                 terminal,
             ),
         )
+
+    def _cached(self, spec: RouteSpec, name: str) -> list[Policy]:
+        if spec.cache is None and not spec.invalidates:
+            return []
+        if self.cache is None:
+            raise RuntimeError("a route caches but no response cache was started")
+        return [CachePolicy(self.cache, spec.cache, spec.invalidates, name)]
 
     def _conditional(self, spec: RouteSpec, terminal: Handler) -> list[Policy]:
         if spec.conditional is None:

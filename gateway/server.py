@@ -22,6 +22,9 @@ from .errors import GatewayError, HeadersTooLarge, problem_body, problem_respons
 from .observability import SERVER_NAME, AccessLog, RequestIds, stamp_response
 from .paths import normalise_path
 from .policies.auth.services import AuthServices, needs_auth
+from .policies.cache.bus import InvalidationBus
+from .policies.cache.policy import ResponseCache
+from .policies.cache.store import ResponseStore
 from .policies.ratelimit.policy import Limiter
 from .runtime import Runtime, build_runtime
 from .upstream.headers import BUDGET_HEADER
@@ -80,6 +83,8 @@ class Gateway:
         self._runner: web.ServerRunner | None = None
         self.auth: AuthServices | None = None
         self.limiter: Limiter | None = None
+        self.cache: ResponseCache | None = None
+        self._cache_bus: InvalidationBus | None = None
         self._admin_runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._retiring: set[asyncio.Task[None]] = set()
@@ -94,7 +99,16 @@ class Gateway:
     async def start(self) -> None:
         await self._start_auth_if_needed(self._loaded)
         self.limiter = Limiter(self._loaded.config.rate_limits, self.clock)
-        self.runtime = await build_runtime(self._loaded, self._registry, self.auth, self.limiter)
+        cache_spec = self._loaded.config.cache
+        self.cache = ResponseCache(
+            ResponseStore(cache_spec.max_bytes, cache_spec.max_entry_size), self.clock
+        )
+        if cache_spec.redis_url is not None:
+            self._cache_bus = InvalidationBus(self.cache, cache_spec.redis_url, cache_spec.channel)
+            await self._cache_bus.start()
+        self.runtime = await build_runtime(
+            self._loaded, self._registry, self.auth, self.limiter, self.cache
+        )
         server_spec = self._loaded.config.server
         limits = server_spec.limits
         server = _Server(
@@ -116,7 +130,7 @@ class Gateway:
         if admin.enabled and self.auth is not None:
             token = admin_token(admin, self._loaded.base_dir)
             self._admin_runner = web.AppRunner(
-                admin_app(self.auth, self.clock, token), access_log=None
+                admin_app(self.auth, self.clock, token, self.cache), access_log=None
             )
             await self._admin_runner.setup()
             await web.TCPSite(self._admin_runner, admin.listen.host, admin.listen.port).start()
@@ -149,6 +163,8 @@ class Gateway:
             await self.auth.close()
         if self.limiter is not None:
             await self.limiter.close()
+        if self._cache_bus is not None:
+            await self._cache_bus.close()
         self._access_log.close()
 
     # -- reload ------------------------------------------------------------------
@@ -163,7 +179,9 @@ class Gateway:
                     await asyncio.to_thread(
                         self.auth.reload_peppers, loaded.config, loaded.base_dir
                     )
-                runtime = await build_runtime(loaded, self._registry, self.auth, self.limiter)
+                runtime = await build_runtime(
+                    loaded, self._registry, self.auth, self.limiter, self.cache
+                )
             except ConfigError as exc:
                 return self._refuse_reload(str(exc))
             except Exception as exc:

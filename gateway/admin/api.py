@@ -11,6 +11,7 @@ dropped), unlike the CLI's, which wait out the cache TTL.
     GET    /admin/clients
     POST   /admin/clients                   {"consumer", "plan"?, "scopes"?}
     DELETE /admin/clients/{client_id}       revoke
+    DELETE /admin/cache?path=P | ?prefix=P   purge cached responses (every scope and variant)
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ from ..errors import problem_body
 from ..policies.auth import manage
 from ..policies.auth.secrets import write_private_file
 from ..policies.auth.services import AuthServices
+from ..policies.cache.policy import ResponseCache
 from ..stores.base import ApiKeyRecord, ClientRecord, StoreError
 
 _SERVICES = web.AppKey("services", AuthServices)
 _CLOCK = web.AppKey("clock", Clock)
 _TOKEN = web.AppKey("token", str)
+_CACHE = web.AppKey("cache", ResponseCache)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -230,9 +233,28 @@ async def revoke_client(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def admin_app(services: AuthServices, clock: Clock, token: str) -> web.Application:
+async def purge_cache(request: web.Request) -> web.Response:
+    cache = request.app[_CACHE]
+    path = request.query.get("path")
+    prefix = request.query.get("prefix")
+    if (path is None) == (prefix is None):
+        return _field_error("query", "give exactly one of ?path= or ?prefix=")
+    if path is not None:
+        dropped = cache.invalidate([path])
+    else:
+        assert prefix is not None
+        dropped = cache.store.purge_prefix(prefix)
+    return _json({"purged": dropped})
+
+
+def admin_app(
+    services: AuthServices, clock: Clock, token: str, cache: ResponseCache | None = None
+) -> web.Application:
     app = web.Application(middlewares=[_require_token], client_max_size=64 * 1024)
     app[_SERVICES] = services
+    if cache is not None:
+        app[_CACHE] = cache
+        app.router.add_delete("/admin/cache", purge_cache)
     app[_CLOCK] = clock
     app[_TOKEN] = token
     app.router.add_get("/admin/keys", list_keys)

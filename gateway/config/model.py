@@ -351,6 +351,27 @@ class ConditionalSpec(Spec):
     require_if_match: bool = False
 
 
+class CacheSpec(Spec):
+    """The process's response cache."""
+
+    #: Total size of the stored responses (an LRU evicts beyond it).
+    max_bytes: Size = 64 * 1024 * 1024
+    #: Largest single response stored.
+    max_entry_size: Size = 1024 * 1024
+    #: Publish invalidations here so every node drops the entry (optional).
+    redis_url: str | None = None
+    channel: str = "gw:cache:invalidate"
+
+
+class RouteCacheSpec(Spec):
+    #: Freshness for responses whose upstream says nothing about it (no max-age,
+    #: s-maxage or Expires); 0 stores only what the upstream makes cacheable.
+    ttl: Duration = 0.0
+    #: ``consumer``: each consumer has its own entries; ``public``: shared by every
+    #: consumer, used only when the upstream marks the response public or s-maxage.
+    scope: Literal["consumer", "public"] = "consumer"
+
+
 class BackendSpec(Spec):
     #: Full URL template: ``http://127.0.0.1:9102/orders?user={id}``.
     url: Annotated[str, BeforeValidator(_check_url)]
@@ -396,6 +417,10 @@ class RouteSpec(Spec):
     identity_headers: IdentityHeadersSpec = IdentityHeadersSpec()
     rate_limit: RouteLimitSpec | None = None
     conditional: ConditionalSpec | None = None
+    cache: RouteCacheSpec | None = None
+    #: Routes whose cached GETs a successful write here invalidates, as templates that
+    #: may use this route's parameters (``/v1/dashboard/{id}``); this URL always is.
+    invalidates: tuple[str, ...] = ()
     #: Remove the credential the gateway checked (key or token) before proxying; the
     #: upstream learns who called from the identity headers instead.
     hide_credentials: bool = True
@@ -451,6 +476,7 @@ class GatewayConfig(Spec):
     auth: AuthSpec = AuthSpec()
     admin: AdminSpec = AdminSpec()
     rate_limits: RateLimitsSpec = RateLimitsSpec()
+    cache: CacheSpec = CacheSpec()
     #: Further files holding ``upstreams:`` and ``routes:``, relative to this file.
     include: tuple[str, ...] = ()
     upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)

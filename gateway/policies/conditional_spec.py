@@ -16,9 +16,12 @@ from email.utils import parsedate_to_datetime
 # An entity-tag: optional W/ then a quoted opaque string of etagc characters.
 _ETAG = re.compile(r'\s*(W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
 
-#: Headers a 304 carries over from the 200 it stands for (RFC 9110 section 15.4.5).
+#: Headers a 304 carries over from the 200 it stands for (RFC 9110 section 15.4.5),
+#: plus the cache's own Age and Cache-Status (RFC 9111, RFC 9211).
 NOT_MODIFIED_HEADERS = (
+    "Age",
     "Cache-Control",
+    "Cache-Status",
     "Content-Location",
     "Date",
     "ETag",

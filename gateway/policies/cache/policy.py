@@ -1,0 +1,303 @@
+"""The response cache policy: hits, revalidation, coalescing, invalidation on writes.
+
+Per GET/HEAD on a cached route:
+- a fresh entry for this scope and these varied headers is a hit (``Age`` and
+  ``Cache-Status: gateway; hit; ttl=N``); the conditional policy outside this one then
+  turns it into a 304 when the client's validators match;
+- a stale entry inside ``stale-while-revalidate`` is served while one background
+  refresh runs; otherwise it is revalidated with its ``ETag`` (``If-None-Match``), and
+  a 304 from the upstream freshens it; an upstream failure inside ``stale-if-error``
+  serves it stale;
+- a miss makes one upstream call however many requests miss at once: the others wait
+  for it (within their own deadline) and are served from what it stored.
+A successful write invalidates the URL's entries and those of the related routes the
+config names, on this node and, through Redis pub/sub, on every node.
+Per-request headers (request id, Server-Timing, RateLimit) are added after this policy,
+so they are never stored nor replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ...config.model import RouteCacheSpec
+from ...context import Clock, RequestContext
+from ...errors import GatewayError
+from ...pipeline import Handler
+from ...upstream.urls import UrlTemplate
+from .spec import directives, freshness_lifetime, initial_age, stale_window, storable, vary_names
+from .store import Entry, ResponseStore
+
+log = logging.getLogger("gateway.cache")
+
+#: Never stored: recomputed per response, or about one request only.
+_NOT_STORED = frozenset(
+    {"age", "cache-status", "x-request-id", "server-timing", "set-cookie", "content-length"}
+)
+_CONDITIONAL = ("If-None-Match", "If-Modified-Since")
+
+
+class ResponseCache:
+    """The process's cache: storage, in-flight misses, and invalidation fan-out."""
+
+    def __init__(self, store: ResponseStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self.inflight: dict[str, asyncio.Future[Entry | None]] = {}
+        self.refreshing: set[str] = set()
+        #: Called with the paths a write invalidated (the Redis publisher, if any).
+        self.publish: Callable[[list[str]], None] | None = None
+        self.counts: dict[str, int] = {}
+
+    def count(self, outcome: str) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def invalidate(self, paths: list[str], *, announce: bool = True) -> int:
+        dropped = sum(self.store.invalidate_path(path) for path in paths)
+        if announce and self.publish is not None:
+            self.publish(paths)
+        return dropped
+
+
+class CachePolicy:
+    def __init__(
+        self,
+        cache: ResponseCache,
+        spec: RouteCacheSpec | None,
+        invalidates: tuple[str, ...],
+        route_name: str,
+    ) -> None:
+        self._cache = cache
+        self._spec = spec
+        self._related = tuple(UrlTemplate.compile(path) for path in invalidates)
+        self._route = route_name
+
+    async def handle(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:
+        method = ctx.request.method
+        if method not in ("GET", "HEAD"):
+            response = await call_next(ctx)
+            if 200 <= response.status < 400:
+                paths = [ctx.path] + [related.render(ctx.params) for related in self._related]
+                self._cache.invalidate(paths)
+            return response
+        if self._spec is None:
+            return await call_next(ctx)
+        return await self._read(ctx, call_next)
+
+    def _primary(self, ctx: RequestContext) -> str:
+        consumer = ctx.consumer
+        if self._spec is not None and self._spec.scope == "public":
+            scope = "public"
+        else:
+            scope = "c:" + consumer.id if consumer is not None else "anonymous"
+        return f"{self._route}|{scope}|{ctx.path}?{ctx.query}"
+
+    async def _read(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:
+        cache = self._cache
+        request_cc = directives(ctx.request.headers.get("Cache-Control"))
+        primary = self._primary(ctx)
+        # The upstream must answer in full so there is something to store; the
+        # conditional policy answers the client's own validators from that.
+        ctx.hidden_headers.extend(_CONDITIONAL)
+        entry = cache.store.lookup(primary, ctx.request.headers)
+        now = cache.clock.wall()
+        if entry is not None and "no-cache" not in request_cc:
+            age = entry.age(now)
+            if age < entry.lifetime and "no-cache" not in entry.directives:
+                cache.count("hit")
+                return _serve(entry, now, f"hit; ttl={int(entry.lifetime - age)}", ctx)
+            staleness = age - entry.lifetime
+            if staleness < stale_window(entry.directives, "stale-while-revalidate"):
+                cache.count("stale_while_revalidate")
+                self._refresh_later(ctx, call_next, entry)
+                return _serve(entry, now, "fwd=stale; stale-while-revalidate", ctx)
+            return await self._revalidate(ctx, call_next, entry, primary, request_cc)
+        return await self._miss(ctx, call_next, primary, request_cc)
+
+    async def _miss(
+        self,
+        ctx: RequestContext,
+        call_next: Handler,
+        primary: str,
+        request_cc: dict[str, str | None],
+    ) -> web.StreamResponse:
+        cache = self._cache
+        leader = cache.inflight.get(primary)
+        if leader is not None:
+            # Someone is already asking the upstream for this: wait for its answer.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                async with asyncio.timeout(ctx.deadline.remaining()):
+                    await asyncio.shield(leader)
+            if leader.done() and not leader.cancelled() and leader.exception() is None:
+                entry = cache.store.lookup(primary, ctx.request.headers)
+                if entry is not None:
+                    cache.count("coalesced")
+                    return _serve(entry, cache.clock.wall(), "hit; collapsed", ctx)
+            return await self._fetch(ctx, call_next, primary, request_cc, None)
+        future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+        cache.inflight[primary] = future
+        try:
+            response = await self._fetch(ctx, call_next, primary, request_cc, future)
+        except BaseException:
+            if not future.done():
+                future.set_result(None)
+            raise
+        finally:
+            cache.inflight.pop(primary, None)
+        if not future.done():
+            future.set_result(None)
+        return response
+
+    async def _fetch(
+        self,
+        ctx: RequestContext,
+        call_next: Handler,
+        primary: str,
+        request_cc: dict[str, str | None],
+        future: asyncio.Future[Entry | None] | None,
+    ) -> web.StreamResponse:
+        cache = self._cache
+        response = await call_next(ctx)
+        entry = self._store(ctx, response, primary, request_cc)
+        if future is not None and not future.done():
+            future.set_result(entry)
+        cache.count("miss_stored" if entry is not None else "miss")
+        response.headers["Cache-Status"] = "gateway; fwd=miss" + ("; stored" if entry else "")
+        return response
+
+    async def _revalidate(
+        self,
+        ctx: RequestContext,
+        call_next: Handler,
+        entry: Entry,
+        primary: str,
+        request_cc: dict[str, str | None],
+    ) -> web.StreamResponse:
+        cache = self._cache
+        if entry.etag is not None:
+            ctx.upstream_headers.append(("If-None-Match", entry.etag))
+        now = cache.clock.wall()
+        staleness = entry.age(now) - entry.lifetime
+        try:
+            response = await call_next(ctx)
+        except GatewayError:
+            if staleness < stale_window(entry.directives, "stale-if-error"):
+                cache.count("stale_if_error")
+                return _serve(entry, now, "fwd=stale; stale-if-error", ctx)
+            raise
+        if response.status == 304 and not response.prepared:
+            _freshen(entry, response, cache.clock.wall())
+            cache.count("revalidated")
+            return _serve(entry, cache.clock.wall(), "fwd=stale; fwd-status=304", ctx)
+        if response.status >= 500 and staleness < stale_window(entry.directives, "stale-if-error"):
+            cache.count("stale_if_error")
+            return _serve(entry, now, "fwd=stale; stale-if-error", ctx)
+        stored = self._store(ctx, response, primary, request_cc)
+        cache.count("refetched")
+        response.headers["Cache-Status"] = "gateway; fwd=stale" + ("; stored" if stored else "")
+        return response
+
+    def _refresh_later(self, ctx: RequestContext, call_next: Handler, entry: Entry) -> None:
+        """One background revalidation per entry; its result replaces the entry."""
+        cache = self._cache
+        key = entry.primary
+        if key in cache.refreshing:
+            return
+        cache.refreshing.add(key)
+        request_cc: dict[str, str | None] = {}
+
+        async def refresh() -> None:
+            try:
+                await self._revalidate(ctx, call_next, entry, key, request_cc)
+            except Exception:  # a failed refresh leaves the stale entry in place
+                log.debug("background revalidation of %s failed", key, exc_info=True)
+            finally:
+                cache.refreshing.discard(key)
+
+        task = asyncio.get_running_loop().create_task(refresh())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    def _store(
+        self,
+        ctx: RequestContext,
+        response: web.StreamResponse,
+        primary: str,
+        request_cc: dict[str, str | None],
+    ) -> Entry | None:
+        spec = self._spec
+        if spec is None or response.prepared or not isinstance(response, web.Response):
+            return None
+        body = response.body
+        headers = response.headers
+        if not isinstance(body, bytes) or "Gateway-Partial" in headers:
+            return None
+        response_cc = directives(headers.get("Cache-Control"))
+        shared_scope = spec.scope == "public"
+        if shared_scope and not ("public" in response_cc or "s-maxage" in response_cc):
+            return None  # a route may share a response only when the upstream allows it
+        if not storable(
+            response.status,
+            request_cc,
+            response_cc,
+            headers,
+            shared_scope and ctx.consumer is not None,
+            spec.ttl > 0,
+        ):
+            return None
+        vary = vary_names(headers)
+        if vary is None:
+            return None
+        request_headers = ctx.request.headers
+        entry = Entry(
+            primary=primary,
+            path=ctx.path,
+            vary=vary,
+            vary_values=tuple(request_headers.get(name) for name in vary),
+            status=response.status,
+            headers=tuple((n, v) for n, v in headers.items() if n.lower() not in _NOT_STORED),
+            body=body,
+            etag=headers.get("ETag"),
+            directives=response_cc,
+            stored_at=self._cache.clock.wall(),
+            initial_age=initial_age(headers),
+            lifetime=freshness_lifetime(response_cc, headers, spec.ttl),
+        )
+        return entry if self._cache.store.put(entry) else None
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _serve(entry: Entry, now: float, status: str, ctx: RequestContext) -> web.Response:
+    response = web.Response(
+        status=entry.status,
+        headers=CIMultiDict(entry.headers),
+        body=entry.body if ctx.request.method != "HEAD" else None,
+    )
+    if ctx.request.method == "HEAD":
+        response.headers["Content-Length"] = str(len(entry.body))
+    response.headers["Age"] = str(int(entry.age(now)))
+    response.headers["Cache-Status"] = f"gateway; {status}"
+    return response
+
+
+def _freshen(entry: Entry, not_modified: web.StreamResponse, now: float) -> None:
+    """RFC 9111 section 4.3.4: a 304 updates the stored headers and restarts the age."""
+    updated = dict(entry.headers)
+    for name in ("Cache-Control", "Date", "Expires", "ETag", "Last-Modified", "Vary"):
+        value = not_modified.headers.get(name)
+        if value is not None:
+            updated[name] = value
+    entry.headers = tuple(updated.items())
+    entry.directives = directives(updated.get("Cache-Control"))
+    entry.etag = updated.get("ETag")
+    entry.stored_at = now
+    entry.initial_age = initial_age(not_modified.headers)
+    entry.lifetime = freshness_lifetime(entry.directives, not_modified.headers, entry.lifetime)
