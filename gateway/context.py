@@ -135,5 +135,8 @@ class RequestContext:
     hidden_headers: list[str] = field(default_factory=list)
     #: Time spent in policies that wait on a store (``ratelimit``), for Server-Timing.
     policy_timings: list[tuple[str, float]] = field(default_factory=list)
+    #: The request body when a policy had to read it whole (validation); the terminal
+    #: sends these bytes instead of streaming the client's body.
+    body: bytes | None = None
     #: Headers policies add to the response (rate-limit state), set before it starts.
     response_headers: list[tuple[str, str]] = field(default_factory=list)

@@ -8,6 +8,8 @@
      +-- MethodNotAllowed            405 a route has the path, not the method (``Allow``)
      +-- PreconditionFailed          412 If-Match does not hold
      +-- PayloadTooLarge             413
+     +-- UnsupportedMediaType        415 a Content-Type the route does not accept
+     +-- UnprocessableContent        422 parses, but breaks the route's schema
      +-- PreconditionRequired        428 the route requires If-Match on writes
      +-- TooManyRequests             429 rate limited (``Retry-After``)
      +-- HeadersTooLarge             431
@@ -92,6 +94,18 @@ class PreconditionFailed(GatewayError):
     status = 412
     title = "Precondition failed"
     slug = "precondition-failed"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    title = "Unsupported media type"
+    slug = "unsupported-media-type"
+
+
+class UnprocessableContent(GatewayError):
+    status = 422
+    title = "Unprocessable content"
+    slug = "validation-failed"
 
 
 class PreconditionRequired(GatewayError):

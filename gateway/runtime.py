@@ -20,6 +20,7 @@ from .policies.auth.services import AuthServices
 from .policies.cache.policy import CachePolicy, ResponseCache
 from .policies.conditional import ConditionalPolicy
 from .policies.ratelimit.policy import Limiter, RateLimitPolicy
+from .policies.validation import ValidationPolicy
 from .routing import Router, compile_template
 from .upstream.assemble import make_part
 from .upstream.fanout import Backend, FanoutHandler
@@ -168,6 +169,7 @@ class _Builder:
             budget=budget,
             handler=build_chain(
                 self._auth(spec)
+                + ([ValidationPolicy(spec.validation)] if spec.validation is not None else [])
                 + self._rate_limit(spec, name)
                 + self._conditional(spec, terminal)
                 + self._cached(spec, name),

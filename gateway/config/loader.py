@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..policies.validation import compile_schema
 from ..routing import compile_template
 from ..upstream.urls import placeholders
 from .errors import ConfigError, ConfigIssue
@@ -236,6 +237,15 @@ def _cross_check(config: GatewayConfig, sources: SourceMap) -> list[ConfigIssue]
             seen_routes[key] = index
         issues.extend(_check_route_auth(config, route, at, sources))
         issues.extend(_check_route_limit(config, route, at, sources))
+        if route.validation is not None:
+            for part in ("body", "query"):
+                schema = getattr(route.validation, part)
+                if schema is None:
+                    continue
+                try:
+                    compile_schema(schema)
+                except ValueError as exc:
+                    issues.append(_issue_at(sources, (*at, "validation", part), str(exc)))
         params = set(template.params)
         if route.proxy is not None:
             if route.proxy.upstream is not None and route.proxy.upstream not in config.upstreams:

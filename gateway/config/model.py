@@ -372,6 +372,24 @@ class RouteCacheSpec(Spec):
     scope: Literal["consumer", "public"] = "consumer"
 
 
+class ValidationSpec(Spec):
+    """JSON Schemas checked at the edge, compiled once when the config loads."""
+
+    #: Schema for the JSON request body (on POST, PUT, PATCH).
+    body: dict[str, Any] | None = None
+    #: Schema for the query parameters, seen as an object of strings (a repeated
+    #: parameter is a list of strings).
+    query: dict[str, Any] | None = None
+    content_types: tuple[str, ...] = ("application/json",)
+    max_body_size: Size = 1024 * 1024
+
+    @model_validator(mode="after")
+    def _something(self) -> ValidationSpec:
+        if self.body is None and self.query is None:
+            raise ValueError("validation needs `body:` or `query:` (or both)")
+        return self
+
+
 class BackendSpec(Spec):
     #: Full URL template: ``http://127.0.0.1:9102/orders?user={id}``.
     url: Annotated[str, BeforeValidator(_check_url)]
@@ -418,6 +436,7 @@ class RouteSpec(Spec):
     rate_limit: RouteLimitSpec | None = None
     conditional: ConditionalSpec | None = None
     cache: RouteCacheSpec | None = None
+    validation: ValidationSpec | None = None
     #: Routes whose cached GETs a successful write here invalidates, as templates that
     #: may use this route's parameters (``/v1/dashboard/{id}``); this URL always is.
     invalidates: tuple[str, ...] = ()

@@ -101,7 +101,10 @@ class ProxyHandler:
         settings = self._settings
         length = request.content_length
         body: object = None
-        if length is not None:
+        if ctx.body is not None:
+            body = ctx.body
+            length = len(ctx.body)
+        elif length is not None:
             if length > settings.max_body_size:
                 raise PayloadTooLarge(
                     f"the request body is {length} bytes; this gateway accepts at most "
