@@ -19,6 +19,8 @@ from .policies.auth.policy import ApiKeyMethod, AuthPolicy, JwtMethod, Method, S
 from .policies.auth.services import AuthServices
 from .policies.cache.policy import CachePolicy, ResponseCache
 from .policies.conditional import ConditionalPolicy
+from .policies.idempotency.policy import IdempotencyPolicy
+from .policies.idempotency.store import IdempotencyStore
 from .policies.ratelimit.policy import Limiter, RateLimitPolicy
 from .policies.validation import ValidationPolicy
 from .routing import Router, compile_template
@@ -50,10 +52,11 @@ async def build_runtime(
     auth: AuthServices | None = None,
     limiter: Limiter | None = None,
     cache: ResponseCache | None = None,
+    idempotency: IdempotencyStore | None = None,
 ) -> Runtime:
     """Build every route of ``loaded``. Runs on the event loop (it opens sessions)."""
     config = loaded.config
-    builder = _Builder(config, registry, auth, limiter, cache)
+    builder = _Builder(config, registry, auth, limiter, cache, idempotency)
     router: Router[CompiledRoute] = Router()
     routes = []
     try:
@@ -85,7 +88,9 @@ class _Builder:
         auth: AuthServices | None,
         limiter: Limiter | None,
         cache: ResponseCache | None,
+        idempotency: IdempotencyStore | None,
     ) -> None:
+        self.idempotency = idempotency
         self.config = config
         self.registry = registry
         self.auth = auth
@@ -170,12 +175,27 @@ class _Builder:
             handler=build_chain(
                 self._auth(spec)
                 + ([ValidationPolicy(spec.validation)] if spec.validation is not None else [])
+                # Replays are answered before the rate limit unless the route says
+                # they count against it.
+                + self._idempotency(spec, name, budget, before_rate_limit=True)
                 + self._rate_limit(spec, name)
+                + self._idempotency(spec, name, budget, before_rate_limit=False)
                 + self._conditional(spec, terminal)
                 + self._cached(spec, name),
                 terminal,
             ),
         )
+
+    def _idempotency(
+        self, spec: RouteSpec, name: str, budget: float, *, before_rate_limit: bool
+    ) -> list[Policy]:
+        route_spec = spec.idempotency
+        if route_spec is None or route_spec.replays_count_against_rate_limit == before_rate_limit:
+            return []
+        if self.idempotency is None:
+            raise RuntimeError("a route takes idempotency keys but no store was started")
+        lock_ttl = budget + self.config.idempotency.lock_margin
+        return [IdempotencyPolicy(self.idempotency, route_spec, name, lock_ttl)]
 
     def _cached(self, spec: RouteSpec, name: str) -> list[Policy]:
         if spec.cache is None and not spec.invalidates:

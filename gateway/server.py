@@ -25,6 +25,11 @@ from .policies.auth.services import AuthServices, needs_auth
 from .policies.cache.bus import InvalidationBus
 from .policies.cache.policy import ResponseCache
 from .policies.cache.store import ResponseStore
+from .policies.idempotency.store import (
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    RedisIdempotencyStore,
+)
 from .policies.ratelimit.policy import Limiter
 from .runtime import Runtime, build_runtime
 from .upstream.headers import BUDGET_HEADER
@@ -106,8 +111,14 @@ class Gateway:
         if cache_spec.redis_url is not None:
             self._cache_bus = InvalidationBus(self.cache, cache_spec.redis_url, cache_spec.channel)
             await self._cache_bus.start()
+        idempotency = self._loaded.config.idempotency
+        self.idempotency: IdempotencyStore = (
+            RedisIdempotencyStore(idempotency.redis_url, idempotency.redis_timeout)
+            if idempotency.store == "redis"
+            else MemoryIdempotencyStore(self.clock)
+        )
         self.runtime = await build_runtime(
-            self._loaded, self._registry, self.auth, self.limiter, self.cache
+            self._loaded, self._registry, self.auth, self.limiter, self.cache, self.idempotency
         )
         server_spec = self._loaded.config.server
         limits = server_spec.limits
@@ -165,6 +176,7 @@ class Gateway:
             await self.limiter.close()
         if self._cache_bus is not None:
             await self._cache_bus.close()
+        await self.idempotency.close()
         self._access_log.close()
 
     # -- reload ------------------------------------------------------------------
@@ -180,7 +192,7 @@ class Gateway:
                         self.auth.reload_peppers, loaded.config, loaded.base_dir
                     )
                 runtime = await build_runtime(
-                    loaded, self._registry, self.auth, self.limiter, self.cache
+                    loaded, self._registry, self.auth, self.limiter, self.cache, self.idempotency
                 )
             except ConfigError as exc:
                 return self._refuse_reload(str(exc))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
+import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -160,3 +163,35 @@ async def status_within(
             break
         await asyncio.sleep(0.05)
     return status
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def run_cli(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+
+
+async def spawn_gateway(config: Path) -> tuple[asyncio.subprocess.Process, int]:
+    process = await run_cli("run", "-c", str(config))
+    assert process.stderr is not None
+    while True:
+        line = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
+        assert line, "the gateway exited before it listened"
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        if match:
+            return process, int(match.group(1))
+
+
+async def stop(process: asyncio.subprocess.Process) -> int:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(process.wait(), 20)

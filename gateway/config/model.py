@@ -390,6 +390,30 @@ class ValidationSpec(Spec):
         return self
 
 
+class IdempotencyStoreSpec(Spec):
+    """Where idempotency records live."""
+
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout: Duration = 0.05
+    #: Added to a route's budget for how long an in-flight lock lives: a node that dies
+    #: holding a key does not block it for longer.
+    lock_margin: Duration = 5.0
+
+
+class RouteIdempotencySpec(Spec):
+    methods: tuple[Literal["POST", "PUT", "PATCH", "DELETE"], ...] = ("POST", "PATCH")
+    #: Refuse (400) requests without an ``Idempotency-Key``.
+    required: bool = False
+    #: How long an answered request is remembered.
+    ttl: Duration = 86400.0
+    #: Largest request (and response) body the route keeps for fingerprints and
+    #: replays; larger requests are refused up front (413).
+    max_body_size: Size = 1024 * 1024
+    #: Count replays against the rate limit too (by default they are free).
+    replays_count_against_rate_limit: bool = False
+
+
 class BackendSpec(Spec):
     #: Full URL template: ``http://127.0.0.1:9102/orders?user={id}``.
     url: Annotated[str, BeforeValidator(_check_url)]
@@ -437,6 +461,7 @@ class RouteSpec(Spec):
     conditional: ConditionalSpec | None = None
     cache: RouteCacheSpec | None = None
     validation: ValidationSpec | None = None
+    idempotency: RouteIdempotencySpec | None = None
     #: Routes whose cached GETs a successful write here invalidates, as templates that
     #: may use this route's parameters (``/v1/dashboard/{id}``); this URL always is.
     invalidates: tuple[str, ...] = ()
@@ -496,6 +521,7 @@ class GatewayConfig(Spec):
     admin: AdminSpec = AdminSpec()
     rate_limits: RateLimitsSpec = RateLimitsSpec()
     cache: CacheSpec = CacheSpec()
+    idempotency: IdempotencyStoreSpec = IdempotencyStoreSpec()
     #: Further files holding ``upstreams:`` and ``routes:``, relative to this file.
     include: tuple[str, ...] = ()
     upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -16,40 +14,11 @@ from examples.services import DEFAULT_PORTS, start_services
 from gateway.config import load_config
 from gateway.demo import demo_credentials
 from gateway.server import Gateway
-from tests.conftest import status_within, write_gateway_config
+from tests.conftest import run_cli, spawn_gateway, status_within, stop, write_gateway_config
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def run_cli(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        *args,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-
-
-async def spawn_gateway(config: Path) -> tuple[asyncio.subprocess.Process, int]:
-    process = await run_cli("run", "-c", str(config))
-    assert process.stderr is not None
-    while True:
-        line = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
-        assert line, "the gateway exited before it listened"
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
-        if match:
-            return process, int(match.group(1))
-
-
-async def stop(process: asyncio.subprocess.Process) -> int:
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-    return await asyncio.wait_for(process.wait(), 20)
 
 
 def slow_app(delay: float) -> web.Application:
