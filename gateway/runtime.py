@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from .config.loader import LoadedConfig
 from .config.model import GatewayConfig, HealthSpec, PoolSpec, RouteSpec
+from .context import Clock
 from .pipeline import CompiledRoute, Handler, Policy, build_chain
 from .policies.auth.oauth import JwksEndpoint, TokenEndpoint
 from .policies.auth.policy import ApiKeyMethod, AuthPolicy, JwtMethod, Method, ScopeRule
@@ -23,6 +24,7 @@ from .policies.idempotency.policy import IdempotencyPolicy
 from .policies.idempotency.store import IdempotencyStore
 from .policies.ratelimit.policy import Limiter, RateLimitPolicy
 from .policies.validation import ValidationPolicy
+from .policies.versioning import VersionDispatch, VersionPolicy
 from .routing import Router, compile_template
 from .upstream.assemble import make_part
 from .upstream.fanout import Backend, FanoutHandler
@@ -46,24 +48,56 @@ class Runtime:
     in_flight: int = 0
 
 
-async def build_runtime(
-    loaded: LoadedConfig,
-    registry: PoolRegistry,
-    auth: AuthServices | None = None,
-    limiter: Limiter | None = None,
-    cache: ResponseCache | None = None,
-    idempotency: IdempotencyStore | None = None,
-) -> Runtime:
+@dataclass(slots=True)
+class Services:
+    """The long-lived parts every Runtime of a process builds on (they outlive reloads)."""
+
+    registry: PoolRegistry
+    clock: Clock
+    auth: AuthServices | None = None
+    limiter: Limiter | None = None
+    cache: ResponseCache | None = None
+    idempotency: IdempotencyStore | None = None
+
+
+async def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
     """Build every route of ``loaded``. Runs on the event loop (it opens sessions)."""
     config = loaded.config
-    builder = _Builder(config, registry, auth, limiter, cache, idempotency)
+    registry = services.registry
+    builder = _Builder(config, services)
     router: Router[CompiledRoute] = Router()
     routes = []
     try:
+        # Header and media-type versions share a path: one dispatcher per (path, method)
+        # picks the version's route; URI versions are ordinary routes.
+        versioned: dict[tuple[str, str], tuple[str, dict[str, CompiledRoute]]] = {}
         for spec in config.routes:
             route = builder.compile(spec)
-            router.add(compile_template(spec.path), spec.methods, route)
             routes.append(route)
+            api = config.apis.get(spec.api) if spec.api is not None else None
+            if api is not None and api.strategy != "uri" and spec.version is not None:
+                for method in spec.methods:
+                    entry = versioned.setdefault((spec.path, method), (spec.api or "", {}))
+                    entry[1][spec.version] = route
+                continue
+            router.add(compile_template(spec.path), spec.methods, route)
+        for (path, method), (api_name, by_version) in versioned.items():
+            sample = next(iter(by_version.values()))
+            dispatch = VersionDispatch(
+                config.apis[api_name], {version: r.handler for version, r in by_version.items()}
+            )
+            router.add(
+                compile_template(path),
+                [method],
+                CompiledRoute(
+                    name=f"{api_name}:{'|'.join(r.name for r in by_version.values())}",
+                    path=path,
+                    methods=(method,),
+                    kind=sample.kind,
+                    budget=max(r.budget for r in by_version.values()),
+                    handler=dispatch,
+                ),
+            )
         for route in builder.builtin_routes():
             router.add(compile_template(route.path), route.methods, route)
             routes.append(route)
@@ -81,21 +115,14 @@ async def build_runtime(
 
 
 class _Builder:
-    def __init__(
-        self,
-        config: GatewayConfig,
-        registry: PoolRegistry,
-        auth: AuthServices | None,
-        limiter: Limiter | None,
-        cache: ResponseCache | None,
-        idempotency: IdempotencyStore | None,
-    ) -> None:
-        self.idempotency = idempotency
+    def __init__(self, config: GatewayConfig, services: Services) -> None:
         self.config = config
-        self.registry = registry
-        self.auth = auth
-        self.limiter = limiter
-        self.cache = cache
+        self.registry = services.registry
+        self.clock = services.clock
+        self.auth = auth = services.auth
+        self.limiter = services.limiter
+        self.cache = services.cache
+        self.idempotency = services.idempotency
         self.keys: list[PoolKey] = []
         self.jwt = auth.jwt_verifier(config) if auth is not None else None
         server = config.server
@@ -173,7 +200,8 @@ class _Builder:
             kind=kind,
             budget=budget,
             handler=build_chain(
-                self._auth(spec)
+                self._version(spec)
+                + self._auth(spec)
                 + ([ValidationPolicy(spec.validation)] if spec.validation is not None else [])
                 # Replays are answered before the rate limit unless the route says
                 # they count against it.
@@ -185,6 +213,12 @@ class _Builder:
                 terminal,
             ),
         )
+
+    def _version(self, spec: RouteSpec) -> list[Policy]:
+        if spec.api is None or spec.version is None:
+            return []
+        version = self.config.apis[spec.api].versions[spec.version]
+        return [VersionPolicy(version, self.clock)]
 
     def _idempotency(
         self, spec: RouteSpec, name: str, budget: float, *, before_rate_limit: bool

@@ -31,7 +31,7 @@ from .policies.idempotency.store import (
     RedisIdempotencyStore,
 )
 from .policies.ratelimit.policy import Limiter
-from .runtime import Runtime, build_runtime
+from .runtime import Runtime, Services, build_runtime
 from .upstream.headers import BUDGET_HEADER
 from .upstream.pool import PoolRegistry
 
@@ -117,9 +117,7 @@ class Gateway:
             if idempotency.store == "redis"
             else MemoryIdempotencyStore(self.clock)
         )
-        self.runtime = await build_runtime(
-            self._loaded, self._registry, self.auth, self.limiter, self.cache, self.idempotency
-        )
+        self.runtime = await build_runtime(self._loaded, self._services())
         server_spec = self._loaded.config.server
         limits = server_spec.limits
         server = _Server(
@@ -191,9 +189,7 @@ class Gateway:
                     await asyncio.to_thread(
                         self.auth.reload_peppers, loaded.config, loaded.base_dir
                     )
-                runtime = await build_runtime(
-                    loaded, self._registry, self.auth, self.limiter, self.cache, self.idempotency
-                )
+                runtime = await build_runtime(loaded, self._services())
             except ConfigError as exc:
                 return self._refuse_reload(str(exc))
             except Exception as exc:
@@ -227,6 +223,16 @@ class Gateway:
         self.last_reload_error = error
         log.error("config reload refused; still serving the previous config:\n%s", error)
         return False
+
+    def _services(self) -> Services:
+        return Services(
+            registry=self._registry,
+            clock=self.clock,
+            auth=self.auth,
+            limiter=self.limiter,
+            cache=self.cache,
+            idempotency=self.idempotency,
+        )
 
     async def _start_auth_if_needed(self, loaded: LoadedConfig) -> None:
         if self.auth is None and needs_auth(loaded.config):

@@ -205,7 +205,7 @@ def _cross_check(config: GatewayConfig, sources: SourceMap) -> list[ConfigIssue]
     """Checks that span several parts of the tree: names that must resolve or be unique."""
     issues = []
     seen_names: dict[str, int] = {}
-    seen_routes: dict[tuple[str, str], int] = {}
+    seen_routes: dict[tuple[str, str, str | None], int] = {}
     for index, route in enumerate(config.routes):
         at: KeyPath = ("routes", index)
         if route.name is not None:
@@ -224,8 +224,25 @@ def _cross_check(config: GatewayConfig, sources: SourceMap) -> list[ConfigIssue]
         except ValueError as exc:
             issues.append(_issue_at(sources, (*at, "path"), str(exc)))
             continue
+        api = config.apis.get(route.api) if route.api is not None else None
+        if route.api is not None and api is None:
+            known = ", ".join(sorted(config.apis)) or "none defined"
+            issues.append(
+                _issue_at(sources, (*at, "api"), f"no API named {route.api!r} (known: {known})")
+            )
+        elif api is not None and route.version not in api.versions:
+            issues.append(
+                _issue_at(
+                    sources,
+                    (*at, "version"),
+                    f"API {route.api!r} has no version {route.version!r} "
+                    f"(versions: {', '.join(api.versions)})",
+                )
+            )
+        # Header and media-type versions share a path: the version tells them apart.
+        shared_path = api is not None and api.strategy != "uri"
         for method in route.methods:
-            key = (template.shape, method)
+            key = (template.shape, method, route.version if shared_path else None)
             if key in seen_routes:
                 other = sources.locate(("routes", seen_routes[key]))
                 where = f" (first at {other.file}:{other.line})" if other else ""

@@ -6,6 +6,7 @@ never consulted as raw data afterwards. Defaults live here and only here.
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ Rate = Annotated[tuple[float, float], BeforeValidator(parse_rate)]
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+_VERSION = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
 _HTTP_URL = re.compile(r"^https?://[^/?#\s]+(/[^\s]*)?$")
 
 
@@ -414,6 +416,42 @@ class RouteIdempotencySpec(Spec):
     replays_count_against_rate_limit: bool = False
 
 
+class VersionSpec(Spec):
+    #: From when the version is deprecated (``Deprecation``, RFC 9745).
+    deprecated: datetime.date | None = None
+    #: When it stops being served (``Sunset``, RFC 8594).
+    sunset: datetime.date | None = None
+    #: A page about the deprecation (``Link: <...>; rel="deprecation"``).
+    link: str | None = None
+    #: After the sunset, answer 410 Gone instead of serving.
+    gone_after_sunset: bool = False
+
+
+class ApiSpec(Spec):
+    """How the versions of one API are told apart, and their lifecycle."""
+
+    #: ``uri`` (``/v1/...`` in the route paths), ``header`` (``API-Version: 2``) or
+    #: ``media_type`` (``Accept: application/vnd.acme.v2+json``).
+    strategy: Literal["uri", "header", "media_type"]
+    header: str = "API-Version"
+    #: The vendor type without version and suffix: ``application/vnd.acme``.
+    media_type: str | None = None
+    #: The version for clients that name none (header and media type strategies).
+    default: str | None = None
+    versions: dict[str, VersionSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ApiSpec:
+        if self.strategy == "media_type" and self.media_type is None:
+            raise ValueError("the media_type strategy needs `media_type:` (application/vnd.name)")
+        if self.default is not None and self.default not in self.versions:
+            raise ValueError(f"default version {self.default!r} is not under `versions:`")
+        for version in self.versions:
+            if not _VERSION.match(version):
+                raise ValueError(f"version {version!r}: use letters, digits, '.', '-', '_'")
+        return self
+
+
 class BackendSpec(Spec):
     #: Full URL template: ``http://127.0.0.1:9102/orders?user={id}``.
     url: Annotated[str, BeforeValidator(_check_url)]
@@ -462,6 +500,9 @@ class RouteSpec(Spec):
     cache: RouteCacheSpec | None = None
     validation: ValidationSpec | None = None
     idempotency: RouteIdempotencySpec | None = None
+    #: The API (under ``apis:``) and version this route serves.
+    api: str | None = None
+    version: str | None = None
     #: Routes whose cached GETs a successful write here invalidates, as templates that
     #: may use this route's parameters (``/v1/dashboard/{id}``); this URL always is.
     invalidates: tuple[str, ...] = ()
@@ -500,6 +541,8 @@ class RouteSpec(Spec):
             raise ValueError("an authentication method is listed twice")
         if self.auth == "none" and (self.scopes is not None or self.issuers is not None):
             raise ValueError("`scopes:` and `issuers:` need `auth:`")
+        if (self.api is None) != (self.version is None):
+            raise ValueError("`api:` and `version:` go together")
         if (
             self.conditional is not None
             and self.conditional.require_if_match
@@ -522,6 +565,7 @@ class GatewayConfig(Spec):
     rate_limits: RateLimitsSpec = RateLimitsSpec()
     cache: CacheSpec = CacheSpec()
     idempotency: IdempotencyStoreSpec = IdempotencyStoreSpec()
+    apis: dict[str, ApiSpec] = Field(default_factory=dict)
     #: Further files holding ``upstreams:`` and ``routes:``, relative to this file.
     include: tuple[str, ...] = ()
     upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)
