@@ -1,6 +1,6 @@
 """The benchmark: the gateway against a direct call, a 30-line proxy and nginx.
 
-    python -m bench.run [--duration 10] [--rounds 3] [--only a,b,c,d,d2,e,f,g,h]
+    python -m bench.run [--duration 10] [--rounds 3] [--only a,b,c,d,d2,e,f,g,h,i,j]
 
 Variants (see bench/README.md for the reasoning):
 
@@ -12,28 +12,41 @@ Variants (see bench/README.md for the reasoning):
     g   d's route with API-key auth (``auth: [api_key]``), every request with X-API-Key
     h   d's route with JWT validation (``auth: [jwt]``), every request with one ES256
         token from the gateway's own token endpoint (a client reuses its token)
+    i   d's route with a rate limit in memory (``rate_limit: {by: ip, plan: false,
+        limit: {rate: 1000000/s, burst: 1000000}}``): decided on every request, never
+        refusing
+    j   the same limit with ``rate_limits: {store: redis}``, on a private redis-server
+        started here on a free port (pinned like the upstreams), ``redis_timeout: 50ms``;
+        then an open loop at 500 requests/s against j and d, back to back, for the time
+        of j's Redis decisions (Server-Timing ``ratelimit;dur=``)
     e   the gateway's five-way fan-out, open loop at 200 requests/s
     f   the same with one optional backend slow (500 ms), open loop at 100 requests/s
 
-a to d2, g and h are closed-loop throughput runs with wrk (``-t1 -c32``). Their servers
-are all started once and measured in interleaved rounds (b, d, g, h, c, d2, a, the order
-rotated by one each round), each wrk run lasting duration/rounds seconds (rounded up,
-at least 3) after a single warm-up run per server. A shared machine's throughput drifts
-by 10-15 % within minutes, so comparing two variants measured minutes apart compares
-the machine too: each ratio (d/b, d/c, d2/b, g/d, h/d) is computed within each round
-and the median over the rounds is reported, as is each variant's median rps, latency
-and CPU per request. g's key and h's OAuth client are created with the gateway's CLI in
-a temporary credential store; before measuring, g and h must answer 200 with their
-credential and 401 without it or with a tampered one. A run with any non-2xx answer
-(401s and 502s are fast) puts its variant in error.
+a to d2 and g to j are closed-loop throughput runs with wrk (``-t1 -c32``). Their
+servers are all started once and measured in interleaved rounds (b, i, d, j, g, h, c,
+d2, a, the order rotated by one each round), each wrk run lasting duration/rounds
+seconds (rounded up, at least 3) after a single warm-up run per server. A shared
+machine's throughput drifts by 10-15 % within minutes, so comparing two variants
+measured minutes apart compares the machine too: each ratio (d/b, d/c, d2/b, g/d, h/d,
+i/d, j/d) is computed within each round and the median over the rounds is reported, as
+is each variant's median rps, latency and CPU per request. g's key and h's OAuth client
+are created with the gateway's CLI in a temporary credential store; before measuring, g
+and h must answer 200 with their credential and 401 without it or with a tampered one;
+i and j must answer 200 with ``RateLimit-Policy`` and ``RateLimit`` (j also with
+``ratelimit;dur=`` in ``Server-Timing``). A run with any non-2xx answer (401s and 502s
+are fast) puts its variant in error, and so does a run of j with fewer Redis decisions
+(EVALSHAs counted by the redis-server) than responses: a request admitted without one
+(``fail_open``) is fast too.
 
 e and f are open-loop latency runs with ``gateway.loadgen``. The server under test gets
 a CPU core of its own; the load generator and the sample upstream services share the
 other one. Results are printed and written to bench/results/latest.json.
 
 Bars (the exit status is 1 when one fails): proxy_throughput, the median per-round d/b
-req/s ratio >= 0.9; api_key_auth, g/d >= 0.85; jwt_auth, h/d >= 0.8; the fan-out's
-p99 <= 15 ms; the slow fan-out's p99 <= 60 ms with every response partial.
+req/s ratio >= 0.9; api_key_auth, g/d >= 0.85; jwt_auth, h/d >= 0.8; rate_limit_memory,
+i/d >= 0.95; rate_limit_redis, j/d >= 0.8; rate_limit_added_p50, the p50 of j's
+``ratelimit;dur=`` over its open loop <= 0.5 ms; the fan-out's p99 <= 15 ms; the slow
+fan-out's p99 <= 60 ms with every response partial.
 
 Every process started here is stopped in a ``finally`` (SIGTERM, then SIGKILL), on
 errors, Ctrl-C and SIGTERM alike.
@@ -82,11 +95,14 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 PYTHON = sys.executable
 HOST = "127.0.0.1"
 
-ALL_VARIANTS = ("a", "b", "c", "d", "d2", "e", "f", "g", "h")
+ALL_VARIANTS = ("a", "b", "c", "d", "d2", "e", "f", "g", "h", "i", "j")
 #: The variants measured with wrk in interleaved rounds, in front of one users service.
-CLOSED_LOOP = ("a", "b", "c", "d", "d2", "g", "h")
-#: The gateway's proxy route, with (g, h) or without (d, d2) authentication.
-GATEWAY_PROXIES = ("d", "d2", "g", "h")
+CLOSED_LOOP = ("a", "b", "c", "d", "d2", "g", "h", "i", "j")
+#: The gateway's proxy route, with (g, h) or without (d, d2) authentication, or with a
+#: rate limit (i, j).
+GATEWAY_PROXIES = ("d", "d2", "g", "h", "i", "j")
+#: The rate-limited proxy routes and their limiter's store.
+RATE_LIMITED = {"i": "memory", "j": "redis"}
 NAMES = {
     "a": "users service, direct",
     "b": "baseline aiohttp proxy",
@@ -97,6 +113,8 @@ NAMES = {
     "f": "gateway fan-out x5, one slow",
     "g": "gateway proxy route + API key",
     "h": "gateway proxy route + JWT (ES256)",
+    "i": "gateway proxy route + rate limit (memory)",
+    "j": "gateway proxy route + rate limit (Redis)",
 }
 KINDS = ("users", "orders", "recommendations", "inventory", "notifications")
 USER_PATH = "/users/42"
@@ -115,6 +133,22 @@ BENCH_CONSUMER = "bench"
 BENCH_SCOPE = "bench"
 #: The shortest lifetime of h's token; longer runs get a longer one (plan_token_ttl_s).
 MIN_TOKEN_TTL_S = 3600
+#: i's and j's route limit: decided on every request, by client IP and with no plan,
+#: so large that it never refuses (wrk's 32 connections come from one IP).
+BENCH_ROUTE_LIMIT: dict[str, Any] = {
+    "by": "ip",
+    "plan": False,
+    "limit": {"rate": "1000000/s", "burst": 1000000},
+}
+#: What i's and j's RateLimit-Policy must announce: that limit's burst.
+BENCH_LIMIT_POLICY = "q=1000000"
+#: j's Redis decisions may take this long before the route admits without one.
+REDIS_TIMEOUT = "50ms"
+#: The rate of the open loop that measures the time of j's Redis decisions (and the
+#: same open loop against d, back to back, for the end-to-end view).
+RATE_LIMIT_OPEN_RATE = 500.0
+#: The bar on the p50 of j's ``ratelimit`` Server-Timing entries, in ms.
+BAR_RATE_LIMIT_ADDED_P50_MS = 0.5
 #: Longest wait for one credential CLI command (it imports the gateway and opens SQLite).
 CLI_TIMEOUT_S = 60.0
 
@@ -517,10 +551,11 @@ def measure_wrk(
 # --- rounds: medians and same-round ratios ------------------------------------------------
 
 #: The order of the closed-loop variants in round 1; each later round starts one further
-#: along (round 2 is d, g, h, c, d2, a, b), so no variant always runs first (straight
-#: after the warm-ups) or always last. b, d, g and h follow each other so that the runs
-#: behind the barred ratios d/b, g/d and h/d are as close in time as the rotation allows.
-ROUND_ORDER = ("b", "d", "g", "h", "c", "d2", "a")
+#: along (round 2 is i, d, j, g, h, c, d2, a, b), so no variant always runs first
+#: (straight after the warm-ups) or always last. d sits between i and j, with b, g and h
+#: next to them, so that the runs behind the barred ratios (d/b, g/d, h/d, i/d, j/d) are
+#: as close in time as the rotation allows.
+ROUND_ORDER = ("b", "i", "d", "j", "g", "h", "c", "d2", "a")
 #: wrk takes whole seconds, and a run much shorter than this is mostly ramp-up.
 MIN_ROUND_S = 3
 DEFAULT_ROUNDS = 3
@@ -535,7 +570,15 @@ ROUND_FIGURES = (
     "upstream_cpu_us_per_request",
 )
 #: ``x_over_y`` pairs computed round by round.
-RATIO_PAIRS = (("d", "b"), ("d", "c"), ("d2", "b"), ("g", "d"), ("h", "d"))
+RATIO_PAIRS = (
+    ("d", "b"),
+    ("d", "c"),
+    ("d2", "b"),
+    ("g", "d"),
+    ("h", "d"),
+    ("i", "d"),
+    ("j", "d"),
+)
 
 
 @dataclass(frozen=True)
@@ -548,11 +591,15 @@ class RatioBar:
 
 
 #: The closed-loop bars: the proxy route keeps at least 0.9 of the bare proxy's req/s;
-#: authentication (API key, cached JWT) costs the route at most 15 % and 20 % of its own.
+#: authentication (API key, cached JWT) costs the route at most 15 % and 20 % of its own;
+#: a rate limit decided on every request costs it at most 5 % (in memory) and 20 % (one
+#: Redis round trip).
 CLOSED_LOOP_BARS = {
     "proxy_throughput": RatioBar("d_over_b", 0.9, "d/b"),
     "api_key_auth": RatioBar("g_over_d", 0.85, "g/d"),
     "jwt_auth": RatioBar("h_over_d", 0.8, "h/d"),
+    "rate_limit_memory": RatioBar("i_over_d", 0.95, "i/d"),
+    "rate_limit_redis": RatioBar("j_over_d", 0.8, "j/d"),
 }
 
 
@@ -697,17 +744,43 @@ def closed_loop_bars(ratio: dict[str, dict[str, Any] | None]) -> dict[str, dict[
     return out
 
 
+def rate_limit_open_loop_bars(measured: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """rate_limit_added_p50, when j's open loop ran: its ratelimit entries' p50."""
+    if measured is None or "ratelimit_ms" not in measured.get("j", {}):
+        return {}
+    figures = measured["j"]["ratelimit_ms"]
+    return {
+        "rate_limit_added_p50": {
+            "pass": figures["p50"] <= BAR_RATE_LIMIT_ADDED_P50_MS,
+            "value": figures["p50"],
+            "rule": (
+                f"p50 of j's Server-Timing ratelimit;dur= (ms), open loop at "
+                f"{measured['rate']:g} req/s, <= {BAR_RATE_LIMIT_ADDED_P50_MS:g}"
+            ),
+            "p99": figures["p99"],
+        }
+    }
+
+
 # --- open loop -----------------------------------------------------------------------------
 
 
 def measure_open_loop(
-    url: str, rate: float, duration: float, watch: dict[str, list[int]]
+    url: str,
+    rate: float,
+    duration: float,
+    watch: dict[str, list[int]],
+    headers: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], LoadResult]:
     # The warm-up runs on the same connections, inside the measured call; the CPU meter
     # spans it too, which is harmless: it runs at the same rate, and shares are per second.
     meter = CpuMeter(watch)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        result = runner.run(run_open_loop(url, rate=rate, duration=duration, warmup=WARMUP_S))
+        result = runner.run(
+            run_open_loop(
+                url, rate=rate, duration=duration, headers=headers or None, warmup=WARMUP_S
+            )
+        )
     cpu = meter.finish()
     ms = 1000.0
     summary: dict[str, Any] = {
@@ -792,6 +865,7 @@ def proxy_gateway_config(
     access_log: str,
     auth: str | None = None,
     token_ttl_s: int = MIN_TOKEN_TTL_S,
+    rate_limits: dict[str, Any] | None = None,
 ) -> Path:
     """d's route (d2 with an access log); with ``auth`` (api_key or jwt), g's or h's.
 
@@ -799,9 +873,16 @@ def proxy_gateway_config(
     defaults otherwise (identity headers sent upstream, the checked credential hidden
     from it). Its credential store is a SQLite file in ``folder``, absolute paths so that
     the CLI and the gateway open the same one whatever their working directory.
+
+    With ``rate_limits`` (the top-level section: its store), i's or j's: d's route with
+    ``rate_limit: BENCH_ROUTE_LIMIT``, a limit decided on every request that never
+    refuses, and the defaults otherwise (``on_store_down: fail_open``).
     """
     route: dict[str, Any] = {"name": "users", "path": "/users/{id}", "methods": ["GET"]}
     extra: dict[str, Any] = {}
+    if rate_limits is not None:
+        route["rate_limit"] = BENCH_ROUTE_LIMIT
+        extra["rate_limits"] = rate_limits
     if auth is not None:
         route["auth"] = [auth]
         spec: dict[str, Any] = {
@@ -1043,6 +1124,144 @@ http {{
     return command
 
 
+# --- redis-server: j's limiter store ------------------------------------------------------
+
+
+def redis_executable() -> str:
+    """The redis-server to start for j: ``$REDIS_SERVER`` or ``redis-server`` on PATH."""
+    wanted = os.environ.get("REDIS_SERVER", "redis-server")
+    found = shutil.which(wanted)
+    if found is None:
+        raise BenchError(
+            f"{wanted!r} is not on PATH: j needs a redis-server (install it, set "
+            "$REDIS_SERVER to one, or leave j out with --only)"
+        )
+    return found
+
+
+def redis_command(folder: Path, port: int) -> list[str]:
+    """A private redis-server on ``HOST:port``: no persistence, working in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        redis_executable(),
+        "--port",
+        str(port),
+        "--bind",
+        HOST,
+        "--save",
+        "",  # no snapshots, no append-only file: nothing is written during the runs
+        "--appendonly",
+        "no",
+        "--dir",
+        str(folder),
+        "--daemonize",
+        "no",
+    ]
+
+
+def redis_call(port: int, *args: str) -> bytes:
+    """One command to the redis-server on ``HOST:port``: its reply (status, integer, bulk).
+
+    A few lines of RESP rather than a client library: the harness only needs PING and
+    INFO, on its own connection, never the gateway's.
+    """
+    payload = b"*%d\r\n" % len(args)
+    for arg in args:
+        data = arg.encode()
+        payload += b"$%d\r\n%s\r\n" % (len(data), data)
+    try:
+        with socket.create_connection((HOST, port), timeout=2.0) as sock:
+            sock.sendall(payload)
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise BenchError(f"redis-server on {port} closed the connection")
+                data += chunk
+                head, found, rest = data.partition(b"\r\n")
+                if not found:
+                    continue
+                kind, value = head[:1], head[1:]
+                if kind == b"-":
+                    raise BenchError(f"redis-server answered {head.decode(errors='replace')}")
+                if kind != b"$":
+                    return value
+                size = int(value)
+                if size < 0:
+                    return b""
+                if len(rest) >= size + 2:
+                    return rest[:size]
+    except OSError as exc:
+        raise BenchError(f"redis-server on {port}: {exc}") from exc
+
+
+@dataclass
+class RedisStore:
+    """j's private redis-server, pinned to the load core like the upstream services."""
+
+    proc: Proc
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def decisions(self) -> int:
+        """EVALSHA calls the server has carried out so far: the limiter's decisions.
+
+        The gateway decides with one EVALSHA per request; one that fails or times out
+        admits the request anyway (``on_store_down: fail_open``) and marks it. Counting
+        the server's own EVALSHAs over a run and comparing them with the responses is
+        what tells a fast run from one whose requests skipped Redis.
+        """
+        info = redis_call(self.port, "INFO", "commandstats").decode(errors="replace")
+        for line in info.splitlines():
+            name, _, values = line.partition(":")
+            if name.strip() != "cmdstat_evalsha":
+                continue
+            stats = dict(item.partition("=")[::2] for item in values.strip().split(","))
+            ok = int(stats.get("calls", 0))
+            return ok - int(stats.get("failed_calls", 0)) - int(stats.get("rejected_calls", 0))
+        return 0
+
+
+def wait_redis(proc: Proc, port: int, timeout: float = READY_TIMEOUT_S) -> None:
+    """Return once the redis-server answers PING (it accepts connections before that)."""
+    wait_ready(proc, port, timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if redis_call(port, "PING") == b"PONG":
+                return
+        except BenchError:
+            pass
+        if proc.popen.poll() is not None:
+            raise BenchError(_exited(proc, "before answering PING"))
+        if time.monotonic() > deadline:
+            raise BenchError(f"redis-server on {port} did not answer PING within {timeout:g}s")
+        time.sleep(0.05)
+
+
+def check_rate_limited(headers: dict[str, str], what: str, redis: bool) -> None:
+    """i's or j's probe answer carries the limit's headers (and j's the Redis timing).
+
+    A route whose limit was not applied, or whose decision was skipped (``Gateway-
+    RateLimit: store-unavailable``: Redis unreachable, the route admits anyway), would
+    otherwise be measured doing less work than it claims.
+    """
+    lower = {name.lower(): value for name, value in headers.items()}
+    policy = lower.get("ratelimit-policy")
+    if policy is None or BENCH_LIMIT_POLICY not in policy:
+        raise BenchError(f"{what}: no RateLimit-Policy with {BENCH_LIMIT_POLICY} ({policy!r})")
+    if "ratelimit" not in lower:
+        raise BenchError(f"{what}: the answer has no RateLimit header")
+    if "gateway-ratelimit" in lower:
+        raise BenchError(f"{what}: Gateway-RateLimit: {lower['gateway-ratelimit']}")
+    timing = lower.get("server-timing", "")
+    if redis and "ratelimit;dur=" not in timing:
+        raise BenchError(f"{what}: no ratelimit;dur= in Server-Timing ({timing!r})")
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -1062,6 +1281,10 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
     #: h: the OAuth client whose token goes in ``headers``, fetched once the gateway is up.
     client: tuple[str, str] | None = None
+    #: i, j: the gateway's ``rate_limits:`` section (its limiter's store).
+    rate_limits: dict[str, Any] | None = None
+    #: j: its private redis-server, stopped with it.
+    redis: RedisStore | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
 
@@ -1078,6 +1301,8 @@ class Run:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     pinning: dict[str, Any] = field(default_factory=dict)
     orders: list[list[str]] = field(default_factory=list)
+    #: The open loops against j (and d) that time the Redis decisions; None if not run.
+    rate_limit_open: dict[str, Any] | None = None
 
     @property
     def round_s(self) -> int:
@@ -1152,10 +1377,13 @@ class Run:
             expect_ok(upstream + USER_PATH, "users service")
             targets = self._start_targets(upstream, port)
             self._measure_rounds(targets, users)
+            self._measure_rate_limit_open_loop(targets, users)
         finally:
             for target in targets:
                 if target.proc is not None:
                     self.procs.stop(target.proc)
+                if target.redis is not None:
+                    self.procs.stop(target.redis.proc)
             self.procs.stop(users)
         for target in targets:
             self._record(target)
@@ -1186,6 +1414,17 @@ class Run:
                 except BenchError as exc:
                     self.say(f"[{key}] FAILED: {exc}")
                     targets.append(Target(key, url, port, error=str(exc)))
+                continue
+            if key in RATE_LIMITED:
+                # Appended before starting anything: whatever did start (j's redis-server)
+                # is then stopped with the others, even if the rest fails.
+                target = Target(key, url, port)
+                targets.append(target)
+                try:
+                    self._start_limited_gateway(target, upstream)
+                except BenchError as exc:
+                    self.say(f"[{key}] FAILED: {exc}")
+                    target.error = str(exc)
                 continue
             access_log: Path | None = None
             if key == "b":
@@ -1243,6 +1482,28 @@ class Run:
         target.proc = self.start_server(name, command)
         return target
 
+    def _start_limited_gateway(self, target: Target, upstream: str) -> None:
+        """i or j: d's gateway with ``rate_limit:`` on its route, its store in memory (i)
+        or in a private redis-server (j) started here first, on the load core."""
+        store = RATE_LIMITED[target.key]
+        spec: dict[str, Any] = {"store": store}
+        if store == "redis":
+            port = self.port()
+            command = redis_command(self.workdir / "redis", port)
+            proc = self.procs.start("redis", self.cores.wrap(command, self.cores.load))
+            target.redis = RedisStore(proc, port)
+            wait_redis(proc, port)
+            self.record_pinning(proc, "redis-server, j's limiter store (load core)")
+            spec["redis_url"] = target.redis.url
+            spec["redis_timeout"] = REDIS_TIMEOUT
+        target.rate_limits = spec
+        name = f"gateway-ratelimit-{store}"
+        config = proxy_gateway_config(
+            self.workdir / name, target.port, upstream, "off", rate_limits=spec
+        )
+        command = [PYTHON, "-m", "gateway", "run", "-c", str(config)]
+        target.proc = self.start_server(name, command)
+
     def _check(self, target: Target) -> None:
         """Wait for the server, record its pinning, and make sure it answers properly."""
         proc = target.proc
@@ -1257,9 +1518,14 @@ class Run:
             token = fetch_token(token_url, target.client, self.token_ttl_s / 2)
             target.headers = {"Authorization": f"Bearer {token}"}
         what = NAMES[target.key]
+        decided = target.redis.decisions() if target.redis is not None else 0
         headers = expect_ok(target.url, what, target.headers)
         if target.key in GATEWAY_PROXIES and "Server-Timing" not in headers:
             raise BenchError("the gateway's answer has no Server-Timing: not the gateway?")
+        if target.key in RATE_LIMITED:
+            check_rate_limited(headers, what, target.redis is not None)
+        if target.redis is not None and target.redis.decisions() <= decided:
+            raise BenchError(f"{what}: the probe was answered without a Redis decision")
         if target.headers:
             # The credential must be what makes the 200: refused without it or forged.
             expect_status(target.url, f"{what}, without a credential", 401)
@@ -1299,7 +1565,11 @@ class Run:
                     if other is not target and other.proc is not None
                     for pid in other.server_pids
                 ]
-                watch = {"upstream": [users.pid], "idle_servers": idle}
+                watch = {
+                    "upstream": [users.pid],
+                    "idle_servers": idle,
+                    **self._redis_watch(targets),
+                }
                 if target.server_pids:
                     watch["server"] = target.server_pids
                 measure = functools.partial(self._measure, target, watch, users)
@@ -1307,12 +1577,22 @@ class Run:
                 if result is not None:
                     target.runs.append({"round": number, "position": position, **result})
 
+    @staticmethod
+    def _redis_watch(targets: Sequence[Target]) -> dict[str, list[int]]:
+        """j's redis-server, watched in every run: idle in all but j's (and counted
+        as ours, not as another program's noise)."""
+        pids = [target.redis.proc.pid for target in targets if target.redis is not None]
+        return {"redis": pids} if pids else {}
+
     def _measure(self, target: Target, watch: dict[str, list[int]], users: Proc) -> dict[str, Any]:
         """One measured run, refused when it did not measure what it claims to.
 
         Error answers are fast: a 401 storm (g's key or h's token refused mid-run) or
-        502s (the users service gone) would otherwise pass for a fast server.
+        502s (the users service gone) would otherwise pass for a fast server. So are
+        j's requests admitted without a Redis decision (``fail_open`` when Redis does
+        not answer in time): j's run must have cost Redis one decision per response.
         """
+        decided = target.redis.decisions() if target.redis is not None else 0
         result = measure_wrk(target.url, self.round_s, self.cores, watch, target.headers)
         if users.popen.poll() is not None:
             raise BenchError(_exited(users, "during this run"))
@@ -1321,6 +1601,16 @@ class Run:
             raise BenchError(
                 f"{result['non_2xx']} of {result['requests']} responses were not 2xx{hint}"
             )
+        if target.redis is not None:
+            decided = target.redis.decisions() - decided
+            result["redis_decisions"] = decided
+            # wrk counts the responses it read; requests still in flight when it stopped
+            # were decided too, so there may be a few more decisions, never fewer.
+            if result["requests"] is None or decided < result["requests"]:
+                raise BenchError(
+                    f"{decided} Redis decisions for {result['requests']} responses: the "
+                    "others were admitted without one (Redis unreachable or too slow?)"
+                )
         return result
 
     def _guard(self, target: Target, call: Callable[[], _T]) -> _T | None:
@@ -1355,6 +1645,11 @@ class Run:
         if target.headers:
             # Which header carried the credential; never the credential itself.
             result["credential_header"] = next(iter(target.headers))
+        if target.rate_limits is not None:
+            result["rate_limits"] = target.rate_limits
+            result["rate_limit"] = BENCH_ROUTE_LIMIT
+        if target.redis is not None and target.runs:
+            result["redis_decisions"] = sum(run.get("redis_decisions", 0) for run in target.runs)
         if target.access_log is not None and target.runs:
             # Read once the gateway has drained and exited: only then is the log complete.
             path = target.access_log
@@ -1365,6 +1660,108 @@ class Run:
                     count = sum(1 for _ in lines)
             result["access_log"] = {"lines": count, "bytes": size}
         self.variants[target.key] = result
+
+    # -- j's Redis decisions, timed by the gateway: an open loop against j, then d -------
+
+    def _measure_rate_limit_open_loop(self, targets: Sequence[Target], users: Proc) -> None:
+        """The time j's Redis decisions take, from j's ``ratelimit;dur=`` Server-Timing.
+
+        After the rounds, with every server still up and warm: an open loop at
+        RATE_LIMIT_OPEN_RATE req/s for ``duration`` seconds against j, then the same
+        against d, back to back. The first gives the decisions' own p50 and p99 (the
+        barred figure, measured inside the gateway); the pair gives the end-to-end
+        view, j's latency next to d's at the same moderate load.
+        """
+        if "j" not in self.only:
+            return
+        live = {target.key: target for target in targets if target.error is None}
+        out: dict[str, Any] = {
+            "tool": f"gateway.loadgen open loop, {RATE_LIMIT_OPEN_RATE:g} req/s for "
+            f"{self.duration:g}s after a {WARMUP_S:g}s warm-up, "
+            + ("j then d" if "d" in live else "j"),
+            "rate": RATE_LIMIT_OPEN_RATE,
+        }
+        self.rate_limit_open = out
+        j = live.get("j")
+        if j is None:
+            out["skipped"] = "j is in error"
+            return
+        try:
+            for key in ("j", "d"):
+                target = live.get(key)
+                if target is None:
+                    continue
+                self.say(
+                    f"[{key}] {NAMES[key]}: open loop at {RATE_LIMIT_OPEN_RATE:g} req/s "
+                    f"for {self.duration:g}s"
+                )
+                out[key] = self._open_loop(target, targets, users)
+        except BenchError as exc:
+            self.say(f"[j] open loop FAILED: {exc}")
+            out["error"] = str(exc)
+            return
+        if "d" in out:
+            out["end_to_end"] = {
+                figure: {
+                    "j": out["j"][figure],
+                    "d": out["d"][figure],
+                    "j_minus_d": round(out["j"][figure] - out["d"][figure], 3),
+                    "j_over_d": round(out["j"][figure] / out["d"][figure], 3)
+                    if out["d"][figure]
+                    else None,
+                }
+                for figure in ("p50_ms", "p90_ms", "p99_ms")
+            }
+
+    def _open_loop(self, target: Target, targets: Sequence[Target], users: Proc) -> dict[str, Any]:
+        """One open loop against ``target``; for j, the ``ratelimit`` entries' figures."""
+        if target.proc is not None and target.proc.popen.poll() is not None:
+            raise BenchError(_exited(target.proc, "before the open loop"))
+        watch = {
+            "server": target.server_pids,
+            "upstream": [users.pid],
+            **self._redis_watch(targets),
+        }
+        decided = target.redis.decisions() if target.redis is not None else 0
+        summary, result = measure_open_loop(
+            target.url, RATE_LIMIT_OPEN_RATE, self.duration, watch, target.headers
+        )
+        if users.popen.poll() is not None:
+            raise BenchError(_exited(users, "during the open loop"))
+        statuses = result.status_counts()
+        if set(statuses) != {"200"}:
+            raise BenchError(f"{NAMES[target.key]}: answers other than 200: {statuses}")
+        if target.redis is None:
+            return summary
+        # The warm-up's requests were decided too: count them (as _schedule does).
+        sent = max(1, round(RATE_LIMIT_OPEN_RATE * WARMUP_S)) + len(result.samples)
+        decided = target.redis.decisions() - decided
+        summary["redis_decisions"] = decided
+        if decided < sent:
+            raise BenchError(
+                f"{decided} Redis decisions for {sent} requests: the others were admitted "
+                "without one (Redis unreachable or too slow?)"
+            )
+        durations = [
+            dur
+            for sample in result.samples
+            for name, dur, _desc in parse_server_timing(sample.server_timing or "")
+            if name == "ratelimit" and dur is not None
+        ]
+        if len(durations) != len(result.samples):
+            raise BenchError(
+                f"{len(result.samples) - len(durations)} of {len(result.samples)} answers "
+                "had no ratelimit;dur= in Server-Timing"
+            )
+        summary["ratelimit_ms"] = {
+            "p50": percentile(durations, 50),
+            "p90": percentile(durations, 90),
+            "p99": percentile(durations, 99),
+            "max": percentile(durations, 100),
+            "mean": round(statistics.fmean(durations), 3),
+            "samples": len(durations),
+        }
+        return summary
 
     # -- e and f: five services and a fan-out route ------------------------------------
 
@@ -1468,6 +1865,8 @@ def print_table(report: dict[str, Any]) -> None:
     print()
     if any(key in variants for key in CLOSED_LOOP):
         print_closed_loop(report)
+    if report.get("rate_limit_open_loop") is not None:
+        print_rate_limit_open_loop(report)
     if any(key in variants for key in ("e", "f")):
         print_open_loop(report)
     if report["noise"]["noisy"]:
@@ -1485,7 +1884,7 @@ def print_closed_loop(report: dict[str, Any]) -> None:
         f"Closed loop (wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, {rounds} rounds of {round_s}s "
         f"per variant, interleaved; medians over the rounds)"
     )
-    header = f"  {'':3}{'variant':<34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    header = f"  {'':3}{'variant':<44}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
     print(header + f"{'us/req':>8}{'server':>8}{'upstrm':>8}{'core0':>7}{'core1':>7}{'other':>7}")
     measured = []
     for key in CLOSED_LOOP:
@@ -1493,13 +1892,13 @@ def print_closed_loop(report: dict[str, Any]) -> None:
         if v is None:
             continue
         if "cpu" not in v:
-            print(f"  {key:<3}{v['name']:<34}{v.get('error') or v.get('skipped')}")
+            print(f"  {key:<3}{v['name']:<44}{v.get('error') or v.get('skipped')}")
             continue
         measured.append(key)
         cpu = v["cpu"]
         errors = v["non_2xx"] + v["socket_errors"]
         print(
-            f"  {key:<3}{v['name']:<34}{_fmt(v['rps'], '.0f'):>10}{_fmt(v.get('p50_ms')):>9}"
+            f"  {key:<3}{v['name']:<44}{_fmt(v['rps'], '.0f'):>8}{_fmt(v.get('p50_ms')):>9}"
             f"{_fmt(v.get('p99_ms')):>9}{errors:>8}"
             f"{_fmt(v.get('server_cpu_us_per_request'), '.0f'):>8}"
             f"{_fmt(cpu['processes'].get('server'), '.0%'):>8}"
@@ -1517,6 +1916,14 @@ def print_closed_loop(report: dict[str, Any]) -> None:
                 for run in variants[key]["rounds"]
             )
             print(f"    {key:<3}{runs}")
+        j = variants.get("j")
+        if j is not None and "j" in measured:
+            decisions = " ".join(str(run.get("redis_decisions", "-")) for run in j["rounds"])
+            responses = " ".join(str(run.get("requests", "-")) for run in j["rounds"])
+            print(
+                f"  j's redis-server: {_fmt(j['cpu']['processes'].get('redis'), '.0%')} of "
+                f"core 1; decisions per round {decisions} (responses {responses})"
+            )
     for name, ratio in report["ratios"].items():
         if ratio is None:
             continue
@@ -1536,6 +1943,47 @@ def print_closed_loop(report: dict[str, Any]) -> None:
                 f"  bar {name} ({outcome['rule']}): {'PASS' if outcome['pass'] else 'FAIL'} "
                 f"({outcome['value']:.3f})"
             )
+    print()
+
+
+def print_rate_limit_open_loop(report: dict[str, Any]) -> None:
+    measured: dict[str, Any] = report["rate_limit_open_loop"]
+    print(f"Rate limit, open loop ({measured['tool']})")
+    for reason in ("skipped", "error"):
+        if reason in measured:
+            print(f"  {reason}: {measured[reason]}")
+    if "j" in measured and "ratelimit_ms" in measured["j"]:
+        rl = measured["j"]["ratelimit_ms"]
+        print(
+            f"  j  Server-Timing ratelimit;dur=: p50 {rl['p50']:.2f}  p90 {rl['p90']:.2f}  "
+            f"p99 {rl['p99']:.2f}  max {rl['max']:.2f}  mean {rl['mean']:.3f} ms "
+            f"({rl['samples']} responses, {measured['j']['redis_decisions']} Redis decisions)"
+        )
+    for key in ("j", "d"):
+        v = measured.get(key)
+        if v is None:
+            continue
+        print(
+            f"  {key}  end to end (achieved {v['achieved_rate']:g} req/s): "
+            f"p50 {v['p50_ms']:.2f}  p90 {v['p90_ms']:.2f}  p99 {v['p99_ms']:.2f}  "
+            f"max {v['max_ms']:.2f} ms  errors {v['errors']}  "
+            f"server {_fmt(v.get('server_cpu_us_per_request'), '.0f')} us/req  "
+            f"send lag p99 {v['send_lag_p99_ms']:.2f} ms"
+        )
+    if "end_to_end" in measured:
+        print(
+            "  j - d: "
+            + ", ".join(
+                f"{figure[:-3]} {e['j_minus_d']:+.2f} ms (x{_fmt(e['j_over_d'])})"
+                for figure, e in measured["end_to_end"].items()
+            )
+        )
+    outcome = report["bars"].get("rate_limit_added_p50")
+    if outcome is not None:
+        print(
+            f"  bar rate_limit_added_p50 ({outcome['rule']}): "
+            f"{'PASS' if outcome['pass'] else 'FAIL'} ({outcome['value']:.2f})"
+        )
     print()
 
 
@@ -1592,21 +2040,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--duration",
         type=float,
         default=10.0,
-        help="seconds measured per variant (10); the closed-loop variants (a to d2, g, h) "
-        "split them over the rounds",
+        help="seconds measured per variant (10); the closed-loop variants (a to d2, g to j) "
+        "split them over the rounds; the open loops (e, f, j's and d's at "
+        f"{RATE_LIMIT_OPEN_RATE:g} req/s) last that long after a {WARMUP_S:g} s warm-up; "
+        "a full run with the defaults takes about 3 minutes",
     )
     parser.add_argument(
         "--rounds",
         type=int,
         default=DEFAULT_ROUNDS,
-        help=f"interleaved rounds of the closed-loop variants a to d2, g, h ({DEFAULT_ROUNDS}); "
+        help=f"interleaved rounds of the closed-loop variants a to d2, g to j ({DEFAULT_ROUNDS}); "
         f"each wrk run lasts duration/rounds s, rounded up, at least {MIN_ROUND_S} s",
     )
     parser.add_argument(
         "--only",
         default=",".join(ALL_VARIANTS),
-        help="comma-separated variants (all: %(default)s); g and h, like b to d2, also "
-        "start the users service",
+        help="comma-separated variants (all: %(default)s); g to j, like b to d2, also "
+        "start the users service; j also starts a private redis-server ($REDIS_SERVER or "
+        "redis-server on PATH) and, after the rounds, the open loops against j and d",
     )
     parser.add_argument(
         "--output", type=Path, default=RESULTS, help="JSON results file (%(default)s)"
@@ -1621,7 +2072,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if shutil.which("wrk") is None and set(only) & set(CLOSED_LOOP):
-        parser.error("wrk is not on PATH (variants a to d2, g and h need it)")
+        parser.error("wrk is not on PATH (variants a to d2 and g to j need it)")
 
     # SIGTERM (a CI timeout, `kill`) must unwind through the finally blocks like Ctrl-C.
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -1654,6 +2105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     ratio = ratios(run.variants)
+    open_loops = {
+        f"{key} open loop": run.rate_limit_open[key]
+        for key in ("j", "d")
+        if run.rate_limit_open is not None and key in run.rate_limit_open
+    }
     report: dict[str, Any] = {
         "duration_s": args.duration,
         "rounds": run.rounds,
@@ -1664,15 +2120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine_info(cores),
         "variants": run.variants,
         "ratios": ratio,
+        "rate_limit_open_loop": run.rate_limit_open,
         "bars": {
             **closed_loop_bars(ratio),
+            **rate_limit_open_loop_bars(run.rate_limit_open),
             **{
                 f"{key}.{bar}": outcome
                 for key in ("e", "f")
                 for bar, outcome in run.variants.get(key, {}).get("bars", {}).items()
             },
         },
-        "noise": noise(run.variants),
+        "noise": noise({**run.variants, **open_loops}),
         "pinning": run.pinning,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -1681,6 +2139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"results: {args.output}  ({report['elapsed_s']:g}s)")
     failed = [name for name, outcome in report["bars"].items() if not outcome["pass"]]
     broken = [key for key, v in run.variants.items() if "error" in v]
+    if run.rate_limit_open is not None and "error" in run.rate_limit_open:
+        broken.append("j open loop")
     if failed or broken:
         print(f"FAILED: bars {failed or 'none'}; variants in error {broken or 'none'}")
         return 1

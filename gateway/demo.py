@@ -75,9 +75,19 @@ async def _banner(gateway: Gateway) -> None:
             f"  TOKEN=$(curl -s -u '{client_id}:{secret}' -d grant_type=client_credentials \\",
             f"    {token_url} | python3 -c {_PRINT_ACCESS_TOKEN})",
             f'  curl -i -H "Authorization: Bearer $TOKEN" {base}/v1/account/42',
+            "  # an idempotent POST with a schema: send it twice, the order is created once",
+            f"  curl -i -H 'X-API-Key: {key}' -H 'Idempotency-Key: \"order-1\"' \\",
+            f'    -H \'Content-Type: application/json\' -d \'{{"sku": "HOME-1", "quantity": 2}}\' '
+            f"{base}/v1/orders",
             "  # the gateway's public signing keys",
             f"  curl {base}{config.auth.oauth.jwks_path}",
         ]
+    lines += [
+        "",
+        "Versions (header strategy; v1 is deprecated, see Deprecation/Sunset/Link):",
+        f"  curl -i -H 'API-Version: 1' {base}/catalog/SKU-1",
+        f"  curl -i {base}/catalog/SKU-1",
+    ]
     if gateway.admin_port is not None:
         admin = config.admin
         lines += [
