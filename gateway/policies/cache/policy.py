@@ -19,7 +19,6 @@ so they are never stored nor replayed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -38,7 +37,16 @@ log = logging.getLogger("gateway.cache")
 
 #: Never stored: recomputed per response, or about one request only.
 _NOT_STORED = frozenset(
-    {"age", "cache-status", "x-request-id", "server-timing", "set-cookie", "content-length"}
+    {
+        "age",
+        "cache-status",
+        "x-request-id",
+        "server-timing",
+        "set-cookie",
+        "content-length",
+        "ratelimit",
+        "ratelimit-policy",
+    }
 )
 _CONDITIONAL = ("If-None-Match", "If-Modified-Since")
 
@@ -49,7 +57,8 @@ class ResponseCache:
     def __init__(self, store: ResponseStore, clock: Clock) -> None:
         self.store = store
         self.clock = clock
-        self.inflight: dict[str, asyncio.Future[Entry | None]] = {}
+        self.inflight: dict[str, asyncio.Future[str]] = {}
+        self._generations: dict[str, int] = {}
         self.refreshing: set[str] = set()
         #: Called with the paths a write invalidated (the Redis publisher, if any).
         self.publish: Callable[[list[str]], None] | None = None
@@ -58,7 +67,16 @@ class ResponseCache:
     def count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
+    def generation(self, path: str) -> int:
+        """How many times ``path`` was invalidated: a fetch that began before the last
+        invalidation must not store its (older) answer."""
+        return self._generations.get(path, 0)
+
     def invalidate(self, paths: list[str], *, announce: bool = True) -> int:
+        if len(self._generations) > 100_000:
+            self._generations.clear()  # bounded; only narrows a race window again
+        for path in paths:
+            self._generations[path] = self._generations.get(path, 0) + 1
         dropped = sum(self.store.invalidate_path(path) for path in paths)
         if announce and self.publish is not None:
             self.publish(paths)
@@ -113,7 +131,7 @@ class CachePolicy:
                 cache.count("hit")
                 return _serve(entry, now, f"hit; ttl={int(entry.lifetime - age)}", ctx)
             staleness = age - entry.lifetime
-            if staleness < stale_window(entry.directives, "stale-while-revalidate"):
+            if 0 <= staleness < stale_window(entry.directives, "stale-while-revalidate"):
                 cache.count("stale_while_revalidate")
                 self._refresh_later(ctx, call_next, entry)
                 return _serve(entry, now, "fwd=stale; stale-while-revalidate", ctx)
@@ -128,31 +146,35 @@ class CachePolicy:
         request_cc: dict[str, str | None],
     ) -> web.StreamResponse:
         cache = self._cache
-        leader = cache.inflight.get(primary)
-        if leader is not None:
+        while (leader := cache.inflight.get(primary)) is not None:
             # Someone is already asking the upstream for this: wait for its answer.
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            try:
                 async with asyncio.timeout(ctx.deadline.remaining()):
-                    await asyncio.shield(leader)
-            if leader.done() and not leader.cancelled() and leader.exception() is None:
+                    outcome = await asyncio.shield(leader)
+            except TimeoutError:
+                return await self._fetch(ctx, call_next, primary, request_cc)
+            if outcome == "answered":
                 entry = cache.store.lookup(primary, ctx.request.headers)
                 if entry is not None:
                     cache.count("coalesced")
                     return _serve(entry, cache.clock.wall(), "hit; collapsed", ctx)
-            return await self._fetch(ctx, call_next, primary, request_cc, None)
-        future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+                return await self._fetch(ctx, call_next, primary, request_cc)
+            # The leader went away (its client left) or failed: the first waiter to get
+            # here leads the next attempt, the others wait for it. No stampede.
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         cache.inflight[primary] = future
+        outcome = "failed"
         try:
-            response = await self._fetch(ctx, call_next, primary, request_cc, future)
-        except BaseException:
-            if not future.done():
-                future.set_result(None)
+            response = await self._fetch(ctx, call_next, primary, request_cc)
+            outcome = "answered"
+            return response
+        except asyncio.CancelledError:
+            outcome = "cancelled"
             raise
         finally:
-            cache.inflight.pop(primary, None)
-        if not future.done():
-            future.set_result(None)
-        return response
+            if cache.inflight.get(primary) is future:
+                del cache.inflight[primary]
+            future.set_result(outcome)
 
     async def _fetch(
         self,
@@ -160,13 +182,16 @@ class CachePolicy:
         call_next: Handler,
         primary: str,
         request_cc: dict[str, str | None],
-        future: asyncio.Future[Entry | None] | None,
     ) -> web.StreamResponse:
         cache = self._cache
+        generation = cache.generation(ctx.path)
         response = await call_next(ctx)
-        entry = self._store(ctx, response, primary, request_cc)
-        if future is not None and not future.done():
-            future.set_result(entry)
+        # A write that invalidated this path while we waited makes our answer stale.
+        entry = (
+            self._store(ctx, response, primary, request_cc)
+            if cache.generation(ctx.path) == generation
+            else None
+        )
         cache.count("miss_stored" if entry is not None else "miss")
         response.headers["Cache-Status"] = "gateway; fwd=miss" + ("; stored" if entry else "")
         return response
@@ -187,15 +212,19 @@ class CachePolicy:
         try:
             response = await call_next(ctx)
         except GatewayError:
-            if staleness < stale_window(entry.directives, "stale-if-error"):
+            if 0 <= staleness < stale_window(entry.directives, "stale-if-error"):
                 cache.count("stale_if_error")
                 return _serve(entry, now, "fwd=stale; stale-if-error", ctx)
             raise
         if response.status == 304 and not response.prepared:
+            old_size = entry.size
             _freshen(entry, response, cache.clock.wall())
+            cache.store.resized(entry, old_size)
             cache.count("revalidated")
             return _serve(entry, cache.clock.wall(), "fwd=stale; fwd-status=304", ctx)
-        if response.status >= 500 and staleness < stale_window(entry.directives, "stale-if-error"):
+        if response.status >= 500 and 0 <= staleness < stale_window(
+            entry.directives, "stale-if-error"
+        ):
             cache.count("stale_if_error")
             return _serve(entry, now, "fwd=stale; stale-if-error", ctx)
         stored = self._store(ctx, response, primary, request_cc)
@@ -239,15 +268,19 @@ class CachePolicy:
         if not isinstance(body, bytes) or "Gateway-Partial" in headers:
             return None
         response_cc = directives(headers.get("Cache-Control"))
-        shared_scope = spec.scope == "public"
-        if shared_scope and not ("public" in response_cc or "s-maxage" in response_cc):
+        public_scope = spec.scope == "public"
+        if public_scope and not ("public" in response_cc or "s-maxage" in response_cc):
             return None  # a route may share a response only when the upstream allows it
+        # Anonymous callers share one scope too: a credential on such a request makes
+        # the answer someone's own unless the upstream says otherwise.
+        shared = public_scope or ctx.consumer is None
+        with_credentials = "Authorization" in ctx.request.headers or ctx.consumer is not None
         if not storable(
             response.status,
             request_cc,
             response_cc,
             headers,
-            shared_scope and ctx.consumer is not None,
+            shared and with_credentials,
             spec.ttl > 0,
         ):
             return None
@@ -290,7 +323,8 @@ def _serve(entry: Entry, now: float, status: str, ctx: RequestContext) -> web.Re
 
 def _freshen(entry: Entry, not_modified: web.StreamResponse, now: float) -> None:
     """RFC 9111 section 4.3.4: a 304 updates the stored headers and restarts the age."""
-    updated = dict(entry.headers)
+    # Case-insensitive, and repeated headers (Link) survive.
+    updated: CIMultiDict[str] = CIMultiDict(entry.headers)
     for name in ("Cache-Control", "Date", "Expires", "ETag", "Last-Modified", "Vary"):
         value = not_modified.headers.get(name)
         if value is not None:

@@ -26,7 +26,7 @@ def directives(value: str | None) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     if not value:
         return out
-    for part in value.split(","):
+    for part in _split_outside_quotes(value):
         name, sep, argument = part.strip().partition("=")
         name = name.strip().lower()
         if name:
@@ -34,8 +34,30 @@ def directives(value: str | None) -> dict[str, str | None]:
     return out
 
 
+def _split_outside_quotes(value: str) -> list[str]:
+    """Split on commas, except inside a quoted-string (``no-cache="A, B"``)."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
 def _seconds(value: str | None) -> float | None:
-    if value is None or not value.isdigit():
+    # isdecimal and ASCII: "²".isdigit() is true, and float("²") raises.
+    if value is None or not value.isascii() or not value.isdecimal():
         return None
     return float(value)
 
@@ -62,6 +84,8 @@ def storable(
         return False
     if "Set-Cookie" in response_headers:
         return False
+    if status == 206:
+        return False  # a range of the representation, never the whole of it
     if request_has_authorization and not (
         "public" in response_cc or "s-maxage" in response_cc or "must-revalidate" in response_cc
     ):
@@ -84,10 +108,12 @@ def freshness_lifetime(
         seconds = _seconds(response_cc.get(name))
         if seconds is not None:
             return seconds
-    expires = _date(headers.get("Expires"))
-    if expires is not None:
+    if "Expires" in headers:
+        expires = _date(headers.get("Expires"))
         date = _date(headers.get("Date"))
-        return max(0.0, expires - date) if date is not None else 0.0
+        if expires is None or date is None:
+            return 0.0  # RFC 9111 section 5.3: an invalid Expires means already expired
+        return max(0.0, expires - date)
     return default_ttl
 
 

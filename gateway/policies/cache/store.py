@@ -82,6 +82,11 @@ class ResponseStore:
             self._forget(evicted)
         return True
 
+    def resized(self, entry: Entry, old_size: int) -> None:
+        """An entry's headers changed in place (a 304 freshened it): fix the count."""
+        if self._entries.get((entry.primary, entry.vary_values)) is entry:
+            self.bytes += entry.size - old_size
+
     def _forget(self, entry: Entry) -> None:
         self.bytes -= entry.size
         keys = self._by_path.get(entry.path)

@@ -8,9 +8,11 @@ server's clock, expiry set in the same script.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from importlib import resources
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
@@ -68,9 +70,19 @@ _SCRIPT = resources.files(__package__).joinpath("limiter.lua").read_text()
 
 
 class RedisLimiterStore:
+    """Decisions on Redis, sent in pipelines.
+
+    Each decision is one ``EVALSHA``. Decisions asked for while a pipeline is in flight
+    wait for it and then go together in the next one: under load many decisions share
+    one round trip and one pass through the client library (whose per-command cost is
+    most of a decision's), while a lone request goes out at once.
+    """
+
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
         self._sha: str | None = None
+        self._queue: list[tuple[Sequence[str], list[float | int], asyncio.Future[list[int]]]] = []
+        self._flushing: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str, timeout: float) -> RedisLimiterStore:
@@ -83,20 +95,63 @@ class RedisLimiterStore:
         args: list[float | int] = [cost]
         for limit in limits:
             args += [1 if limit.kind == "rate" else 2, limit.amount, limit.burst, limit.period]
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._queue.append((keys, args, future))
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+        return _decision(await future, len(limits))
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                batch = [entry for entry in batch if not entry[2].done()]  # timed out
+                if batch:
+                    await self._send(batch)
+        finally:
+            self._flushing = None
+
+    async def _send(
+        self, batch: list[tuple[Sequence[str], list[float | int], asyncio.Future[list[int]]]]
+    ) -> None:
         try:
             if self._sha is None:
                 self._sha = await self._redis.script_load(_SCRIPT)
-            try:
-                raw = await self._redis.evalsha(self._sha, len(keys), *keys, *args)
-            except NoScriptError:
+            results = await self._pipeline(batch, self._sha)
+            if any(isinstance(result, NoScriptError) for result in results):
                 # The server restarted (or was flushed): load the script again, once.
                 self._sha = await self._redis.script_load(_SCRIPT)
-                raw = await self._redis.evalsha(self._sha, len(keys), *keys, *args)
+                results = await self._pipeline(batch, self._sha)
         except (RedisError, OSError) as exc:
-            raise StoreError(f"redis: {exc}") from exc
-        return _decision(raw, len(limits))
+            error = StoreError(f"redis: {exc}")
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(StoreError(f"redis: {result}"))
+            else:
+                future.set_result(result)
+
+    async def _pipeline(
+        self,
+        batch: list[tuple[Sequence[str], list[float | int], asyncio.Future[list[int]]]],
+        sha: str,
+    ) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args, _ in batch:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
 
     async def close(self) -> None:
+        if self._flushing is not None:
+            self._flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flushing
         await self._redis.aclose()
 
 
