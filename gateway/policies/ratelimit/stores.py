@@ -86,8 +86,14 @@ class RedisLimiterStore:
 
     @classmethod
     def from_url(cls, url: str, timeout: float) -> RedisLimiterStore:
+        # One decision in flight at a time (see _flush): one connection, no pool to
+        # check out from and back into for every command.
         client = aioredis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            single_connection_client=True,
         )
         return cls(client)
 
@@ -141,6 +147,12 @@ class RedisLimiterStore:
         batch: list[tuple[Sequence[str], list[float | int], asyncio.Future[list[int]]]],
         sha: str,
     ) -> list[Any]:
+        if len(batch) == 1:
+            keys, args, _ = batch[0]
+            try:
+                return [await self._redis.evalsha(sha, len(keys), *keys, *args)]
+            except NoScriptError as exc:
+                return [exc]
         pipe = self._redis.pipeline(transaction=False)
         for keys, args, _ in batch:
             pipe.evalsha(sha, len(keys), *keys, *args)
