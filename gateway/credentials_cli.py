@@ -101,8 +101,6 @@ def _with_config(parser: argparse.ArgumentParser, default: str) -> argparse.Argu
 
 
 def _duration_arg(text: str) -> float:
-    if text.endswith("d") and text[:-1].isdigit():
-        return int(text[:-1]) * 86400.0
     try:
         return parse_duration(text)
     except ValueError as exc:

@@ -107,12 +107,24 @@ def _scopes(body: dict[str, Any]) -> tuple[str, ...] | None:
     return tuple(scopes)
 
 
+def _owner_fields(body: dict[str, Any]) -> tuple[str, str | None, tuple[str, ...]] | web.Response:
+    """(consumer, plan, scopes) of a new key or client, or the 422 naming what is wrong."""
+    consumer = body.get("consumer")
+    if not isinstance(consumer, str) or not consumer:
+        return _field_error("consumer", "required, a non-empty string")
+    plan = body.get("plan")
+    if plan is not None and not isinstance(plan, str):
+        return _field_error("plan", "must be a string")
+    scopes = _scopes(body)
+    if scopes is None:
+        return _field_error("scopes", "must be a list of non-empty strings")
+    return consumer, plan, scopes
+
+
 def _duration(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return float(value)
     if isinstance(value, str):
-        if value.endswith("d") and value[:-1].isdigit():
-            return int(value[:-1]) * 86400.0
         try:
             return parse_duration(value)
         except ValueError:
@@ -150,15 +162,10 @@ async def list_keys(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     services, clock = request.app[_SERVICES], request.app[_CLOCK]
     body = await _body(request)
-    consumer = body.get("consumer")
-    if not isinstance(consumer, str) or not consumer:
-        return _field_error("consumer", "required, a non-empty string")
-    plan = body.get("plan")
-    if plan is not None and not isinstance(plan, str):
-        return _field_error("plan", "must be a string")
-    scopes = _scopes(body)
-    if scopes is None:
-        return _field_error("scopes", "must be a list of non-empty strings")
+    fields = _owner_fields(body)
+    if isinstance(fields, web.Response):
+        return fields
+    consumer, plan, scopes = fields
     expires_in = None
     if "expires_in" in body:
         expires_in = _duration(body["expires_in"])
@@ -210,15 +217,10 @@ async def list_clients(request: web.Request) -> web.Response:
 async def create_client(request: web.Request) -> web.Response:
     services, clock = request.app[_SERVICES], request.app[_CLOCK]
     body = await _body(request)
-    consumer = body.get("consumer")
-    if not isinstance(consumer, str) or not consumer:
-        return _field_error("consumer", "required, a non-empty string")
-    plan = body.get("plan")
-    if plan is not None and not isinstance(plan, str):
-        return _field_error("plan", "must be a string")
-    scopes = _scopes(body)
-    if scopes is None:
-        return _field_error("scopes", "must be a list of non-empty strings")
+    fields = _owner_fields(body)
+    if isinstance(fields, web.Response):
+        return fields
+    consumer, plan, scopes = fields
     created = await manage.create_client(
         services.store, services.peppers, clock, consumer_id=consumer, plan=plan, scopes=scopes
     )
