@@ -299,6 +299,12 @@ async def _create_user(request: web.Request) -> web.Response:
     return _json(created | {"created_at": created_at}, status=201)
 
 
+async def _update_user(request: web.Request) -> web.Response:
+    # Stateless like the rest: answers with the stored user's fields updated by the body.
+    body = await _body(request)
+    return _json(_user(request.match_info["id"]) | body | {"id": request.match_info["id"]})
+
+
 async def _list_orders(request: web.Request) -> web.Response:
     user_id = _query(request, "user")
     rng = _rng("orders", user_id)
@@ -405,6 +411,7 @@ _ROUTES: dict[str, list[web.RouteDef]] = {
         web.get("/users", _list_users),
         web.get("/users/{id}", _get_user),
         web.post("/users", _create_user),
+        web.put("/users/{id}", _update_user),
     ],
     "orders": [
         web.get("/orders", _list_orders),

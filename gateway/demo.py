@@ -31,7 +31,7 @@ async def demo_credentials(gateway: Gateway) -> tuple[str, str, str] | None:
     for client in await auth.store.list_clients():
         if client.consumer_id == DEMO_CONSUMER:
             await auth.store.revoke_client(client.client_id, clock.wall())
-    scopes = ("orders:read", "orders:write", "account:read")
+    scopes = ("orders:read", "orders:write", "account:read", "account:write")
     key = await manage.create_api_key(
         auth.store, auth.peppers, clock, consumer_id=DEMO_CONSUMER, plan="pro", scopes=scopes
     )
@@ -75,6 +75,9 @@ async def _banner(gateway: Gateway) -> None:
             f"  TOKEN=$(curl -s -u '{client_id}:{secret}' -d grant_type=client_credentials \\",
             f"    {token_url} | python3 -c {_PRINT_ACCESS_TOKEN})",
             f'  curl -i -H "Authorization: Bearer $TOKEN" {base}/v1/account/42',
+            "  # a write that invalidates the cached user (the next GET is a miss again)",
+            f"  curl -i -X PUT -H 'X-API-Key: {key}' -H 'Content-Type: application/json' "
+            f'-d \'{{"tier": "gold"}}\' {base}/v1/users/42',
             "  # an idempotent POST with a schema: send it twice, the order is created once",
             f"  curl -i -H 'X-API-Key: {key}' -H 'Idempotency-Key: \"order-1\"' \\",
             f'    -H \'Content-Type: application/json\' -d \'{{"sku": "HOME-1", "quantity": 2}}\' '

@@ -125,6 +125,37 @@ async def test_shipped_demo_config_serves_the_sample_services(tmp_path, http) ->
                 assert response.status == 200
             async with http.get(f"{base}/v1/orders/ord_1") as response:
                 assert response.status == 401
+            # The cached user route, and the write that invalidates it.
+            async with http.get(f"{base}/v1/users/7") as response:
+                assert response.headers["Cache-Status"] == "gateway; fwd=miss; stored"
+            async with http.get(f"{base}/v1/users/7") as response:
+                assert response.headers["Cache-Status"].startswith("gateway; hit")
+            async with http.put(
+                f"{base}/v1/users/7", json={"tier": "gold"}, headers={"X-API-Key": key}
+            ) as response:
+                assert response.status == 200
+                assert (await response.json())["tier"] == "gold"
+            async with http.get(f"{base}/v1/users/7") as response:
+                assert response.headers["Cache-Status"] == "gateway; fwd=miss; stored"
+            # The idempotent POST with a schema, and the versioned catalog.
+            order = {"sku": "HOME-1", "quantity": 2}
+            idempotent = {"X-API-Key": key, "Idempotency-Key": '"demo-1"'}
+            async with http.post(f"{base}/v1/orders", json=order, headers=idempotent) as response:
+                assert response.status == 201
+            async with http.post(f"{base}/v1/orders", json=order, headers=idempotent) as response:
+                assert response.headers["Idempotent-Replayed"] == "true"
+            async with http.post(
+                f"{base}/v1/orders",
+                json={"sku": ""},
+                headers={**idempotent, "Idempotency-Key": '"d2"'},
+            ) as response:
+                assert response.status == 422
+            async with http.get(f"{base}/catalog/SKU-1", headers={"API-Version": "1"}) as response:
+                assert response.status == 200
+                assert response.headers["Deprecation"].startswith("@")
+            async with http.get(f"{base}/catalog/SKU-1") as response:
+                assert response.status == 200
+                assert "Deprecation" not in response.headers
             async with http.post(
                 f"{base}/oauth/token",
                 data={"grant_type": "client_credentials"},
