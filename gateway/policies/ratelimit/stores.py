@@ -78,24 +78,26 @@ class RedisLimiterStore:
     most of a decision's), while a lone request goes out at once.
     """
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, timeout: float) -> None:
         self._redis = client
+        self._timeout = timeout
         self._sha: str | None = None
         self._queue: list[tuple[Sequence[str], list[float | int], asyncio.Future[list[int]]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str, timeout: float) -> RedisLimiterStore:
-        # One decision in flight at a time (see _flush): one connection, no pool to
-        # check out from and back into for every command.
+        # One batch in flight at a time (see _flush): one connection, no pool to check
+        # out from and back into per command. No per-command socket timeout either
+        # (redis-py wraps every write in a task for it): _flush bounds each batch.
         client = aioredis.from_url(
             url,
-            socket_timeout=timeout,
+            socket_timeout=None,
             socket_connect_timeout=timeout,
             retry_on_timeout=False,
             single_connection_client=True,
         )
-        return cls(client)
+        return cls(client, timeout)
 
     async def decide(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
         args: list[float | int] = [cost]
@@ -112,8 +114,20 @@ class RedisLimiterStore:
             while self._queue:
                 batch, self._queue = self._queue, []
                 batch = [entry for entry in batch if not entry[2].done()]  # timed out
-                if batch:
-                    await self._send(batch)
+                if not batch:
+                    continue
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        await self._send(batch)
+                except TimeoutError:
+                    # The connection may hold half an answer: drop it, fail the batch.
+                    connection = self._redis.connection
+                    if connection is not None:
+                        await connection.disconnect(nowait=True)
+                    error = StoreError("redis did not answer in time")
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
         finally:
             self._flushing = None
 
