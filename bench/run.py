@@ -1,6 +1,6 @@
 """The benchmark: the gateway against a direct call, a 30-line proxy and nginx.
 
-    python -m bench.run [--duration 10] [--rounds 3] [--only a,b,c,d,d2,e,f,g,h,i,j]
+    python -m bench.run [--duration 10] [--rounds 3] [--only a,b,c,d,d2,e,f,g,h,i,j,k,l,m,n]
 
 Variants (see bench/README.md for the reasoning):
 
@@ -19,24 +19,38 @@ Variants (see bench/README.md for the reasoning):
         started here on a free port (pinned like the upstreams), ``redis_timeout: 50ms``;
         then an open loop at 500 requests/s against j and d, back to back, for the time
         of j's Redis decisions (Server-Timing ``ratelimit;dur=``)
+    k   a POST proxy route to the sample ``orders`` service (``POST /orders``, a JSON
+        body of about 100 bytes), every request with a new ``Idempotency-Key``, which
+        this route ignores
+    l   the same route with ``idempotency: {}`` (the memory store): every request a
+        new key, so a new record and one upstream call each
+    m   a POST proxy route to ``POST /orders`` taking a 2 KB JSON order, no validation
+    n   the same route with ``validation: {body: <a JSON Schema>}`` (nested objects,
+        arrays, patterns, integer bounds) that the 2 KB order satisfies
     e   the gateway's five-way fan-out, open loop at 200 requests/s
     f   the same with one optional backend slow (500 ms), open loop at 100 requests/s
 
-a to d2 and g to j are closed-loop throughput runs with wrk (``-t1 -c32``). Their
-servers are all started once and measured in interleaved rounds (b, i, d, j, g, h, c,
-d2, a, the order rotated by one each round), each wrk run lasting duration/rounds
-seconds (rounded up, at least 3) after a single warm-up run per server. A shared
-machine's throughput drifts by 10-15 % within minutes, so comparing two variants
-measured minutes apart compares the machine too: each ratio (d/b, d/c, d2/b, g/d, h/d,
-i/d, j/d) is computed within each round and the median over the rounds is reported, as
-is each variant's median rps, latency and CPU per request. g's key and h's OAuth client
-are created with the gateway's CLI in a temporary credential store; before measuring, g
-and h must answer 200 with their credential and 401 without it or with a tampered one;
-i and j must answer 200 with ``RateLimit-Policy`` and ``RateLimit`` (j also with
-``ratelimit;dur=`` in ``Server-Timing``). A run with any non-2xx answer (401s and 502s
-are fast) puts its variant in error, and so does a run of j with fewer Redis decisions
-(EVALSHAs counted by the redis-server) than responses: a request admitted without one
-(``fail_open``) is fast too.
+a to d2 and g to n are closed-loop throughput runs with wrk (``-t1 -c32``; k to n with
+a Lua script that POSTs their body). Their servers are all started once and measured in
+interleaved rounds (b, i, d, j, g, h, k, l, n, m, c, d2, a, the order rotated by one
+each round), each wrk run lasting duration/rounds seconds (rounded up, at least 3)
+after a single warm-up run per server. A shared machine's throughput drifts by 10-15 %
+within minutes, so comparing two variants measured minutes apart compares the machine
+too: each ratio (d/b, d/c, d2/b, g/d, h/d, i/d, j/d, l/k, n/m) and n's added latency and
+CPU (n - m) are computed within each round and the median over the rounds is reported,
+as is each variant's median rps, latency and CPU per request. k to n proxy to a second
+sample service, ``orders``, on the load core next to the ``users`` one. g's key and h's
+OAuth client are created with the gateway's CLI in a temporary credential store; before
+measuring, g and h must answer 200 with their credential and 401 without it or with a
+tampered one; i and j must answer 200 with ``RateLimit-Policy`` and ``RateLimit`` (j
+also with ``ratelimit;dur=`` in ``Server-Timing``). A run with any non-2xx answer (401s
+and 502s are fast) puts its variant in error, and so does a run of j with fewer Redis
+decisions (EVALSHAs counted by the redis-server) than responses: a request admitted
+without one (``fail_open``) is fast too. k to n must answer 201; l must replay a repeated key
+(``Idempotent-Replayed: true``, no upstream call) and k must not; n must refuse with 422
+a body that breaks its schema, which m passes on; and each run of k to n must have
+created at least one order upstream per response (the orders service numbers them):
+fewer would mean replays, fast answers that skip the upstream.
 
 e and f are open-loop latency runs with ``gateway.loadgen``. The server under test gets
 a CPU core of its own; the load generator and the sample upstream services share the
@@ -45,8 +59,11 @@ other one. Results are printed and written to bench/results/latest.json.
 Bars (the exit status is 1 when one fails): proxy_throughput, the median per-round d/b
 req/s ratio >= 0.9; api_key_auth, g/d >= 0.85; jwt_auth, h/d >= 0.8; rate_limit_memory,
 i/d >= 0.95; rate_limit_redis, j/d >= 0.8; rate_limit_added_p50, the p50 of j's
-``ratelimit;dur=`` over its open loop <= 0.5 ms; the fan-out's p99 <= 15 ms; the slow
-fan-out's p99 <= 60 ms with every response partial.
+``ratelimit;dur=`` over its open loop <= 0.5 ms; idempotency_memory, l/k >= 0.85;
+validation_added_p50, the median per-round n p50 - m p50 <= 0.2 ms (closed loop, so
+queueing at 32 connections is in it); the fan-out's p99 <= 15 ms; the slow fan-out's
+p99 <= 60 ms with every response partial. Not a bar: the validator's own time for the
+2 KB order, timed in this process (``validation.microbenchmark``).
 
 Every process started here is stopped in a ``finally`` (SIGTERM, then SIGKILL), on
 errors, Ctrl-C and SIGTERM alike.
@@ -95,12 +112,16 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 PYTHON = sys.executable
 HOST = "127.0.0.1"
 
-ALL_VARIANTS = ("a", "b", "c", "d", "d2", "e", "f", "g", "h", "i", "j")
-#: The variants measured with wrk in interleaved rounds, in front of one users service.
-CLOSED_LOOP = ("a", "b", "c", "d", "d2", "g", "h", "i", "j")
+ALL_VARIANTS = ("a", "b", "c", "d", "d2", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n")
+#: The variants measured with wrk in interleaved rounds: a to j in front of the users
+#: service, k to n in front of the orders service.
+CLOSED_LOOP = ("a", "b", "c", "d", "d2", "g", "h", "i", "j", "k", "l", "m", "n")
 #: The gateway's proxy route, with (g, h) or without (d, d2) authentication, or with a
-#: rate limit (i, j).
-GATEWAY_PROXIES = ("d", "d2", "g", "h", "i", "j")
+#: rate limit (i, j); its POST route to the orders service (k to n).
+GATEWAY_PROXIES = ("d", "d2", "g", "h", "i", "j", "k", "l", "m", "n")
+#: The POST routes to the orders service: with (l) or without (k) idempotency keys, a
+#: 100-byte body; with (n) or without (m) validation, a 2 KB body.
+ORDERS_VARIANTS = ("k", "l", "m", "n")
 #: The rate-limited proxy routes and their limiter's store.
 RATE_LIMITED = {"i": "memory", "j": "redis"}
 NAMES = {
@@ -115,9 +136,14 @@ NAMES = {
     "h": "gateway proxy route + JWT (ES256)",
     "i": "gateway proxy route + rate limit (memory)",
     "j": "gateway proxy route + rate limit (Redis)",
+    "k": "gateway POST route, 100 B body",
+    "l": "gateway POST route + idempotency (memory)",
+    "m": "gateway POST route, 2 KB body",
+    "n": "gateway POST route + validation (2 KB)",
 }
 KINDS = ("users", "orders", "recommendations", "inventory", "notifications")
 USER_PATH = "/users/42"
+ORDERS_PATH = "/orders"
 
 WRK_THREADS = 1
 WRK_CONNECTIONS = 32
@@ -149,6 +175,20 @@ REDIS_TIMEOUT = "50ms"
 RATE_LIMIT_OPEN_RATE = 500.0
 #: The bar on the p50 of j's ``ratelimit`` Server-Timing entries, in ms.
 BAR_RATE_LIMIT_ADDED_P50_MS = 0.5
+#: l's route: idempotency keys with the defaults (the memory store, a 24 h TTL).
+BENCH_IDEMPOTENCY: dict[str, Any] = {}
+#: The floor of the median per-round l/k req/s ratio (the ``idempotency_memory`` bar).
+BAR_IDEMPOTENCY_MEMORY = 0.85
+#: The ceiling of the median per-round n p50 - m p50, in ms (``validation_added_p50``).
+BAR_VALIDATION_ADDED_P50_MS = 0.2
+#: The memory store sweeps expired records on every new key once it holds this many,
+#: and with a 24 h TTL none expire during a run: l's runs should stay well below it
+#: (a warning is printed otherwise). Mirrors gateway/policies/idempotency/store.py.
+MEMORY_STORE_SWEEP_AT = 100_000
+#: How long each repetition of the in-process validator microbenchmark lasts, and how
+#: many repetitions (the figure is their median).
+MICRO_REPEAT_S = 0.2
+MICRO_REPEATS = 5
 #: Longest wait for one credential CLI command (it imports the gateway and opens SQLite).
 CLI_TIMEOUT_S = 60.0
 
@@ -502,9 +542,19 @@ def parse_wrk(text: str) -> dict[str, Any]:
     return out
 
 
-def wrk(url: str, seconds: float, cores: Cores, headers: dict[str, str] | None = None) -> str:
-    """wrk's output; ``headers`` go on every request (g's key, h's token)."""
+def wrk(
+    url: str,
+    seconds: float,
+    cores: Cores,
+    headers: dict[str, str] | None = None,
+    script: Path | None = None,
+    script_args: Sequence[str] = (),
+) -> str:
+    """wrk's output; ``headers`` go on every request (g's key, h's token); ``script``
+    (k to n: a POST and its body) is a Lua script, given ``script_args``."""
     extra = [arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")]
+    if script is not None:
+        extra += ["-s", str(script)]
     command = cores.wrap(
         [
             "wrk",
@@ -514,6 +564,7 @@ def wrk(url: str, seconds: float, cores: Cores, headers: dict[str, str] | None =
             "--latency",
             *extra,
             url,
+            *(["--", *script_args] if script_args else []),
         ],
         cores.load,
     )
@@ -531,10 +582,12 @@ def measure_wrk(
     cores: Cores,
     watch: dict[str, list[int]],
     headers: dict[str, str] | None = None,
+    script: Path | None = None,
+    script_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One measured wrk run (no warm-up: the caller warms each server up once)."""
     meter = CpuMeter(watch)
-    text = wrk(url, seconds, cores, headers)
+    text = wrk(url, seconds, cores, headers, script, script_args)
     result = parse_wrk(text)
     result["cpu"] = cpu = meter.finish()
     # CPU time per request of the server under test: unlike req/s it barely moves when
@@ -551,11 +604,12 @@ def measure_wrk(
 # --- rounds: medians and same-round ratios ------------------------------------------------
 
 #: The order of the closed-loop variants in round 1; each later round starts one further
-#: along (round 2 is i, d, j, g, h, c, d2, a, b), so no variant always runs first
-#: (straight after the warm-ups) or always last. d sits between i and j, with b, g and h
-#: next to them, so that the runs behind the barred ratios (d/b, g/d, h/d, i/d, j/d) are
-#: as close in time as the rotation allows.
-ROUND_ORDER = ("b", "i", "d", "j", "g", "h", "c", "d2", "a")
+#: along (round 2 is i, d, j, g, h, k, l, n, m, c, d2, a, b), so no variant always runs
+#: first (straight after the warm-ups) or always last. d sits between i and j, with b, g
+#: and h next to them, and k next to l, n next to m (the first of each pair alternating),
+#: so that the runs behind the barred comparisons (d/b, g/d, h/d, i/d, j/d, l/k, n - m)
+#: are as close in time as the rotation allows.
+ROUND_ORDER = ("b", "i", "d", "j", "g", "h", "k", "l", "n", "m", "c", "d2", "a")
 #: wrk takes whole seconds, and a run much shorter than this is mostly ramp-up.
 MIN_ROUND_S = 3
 DEFAULT_ROUNDS = 3
@@ -578,6 +632,8 @@ RATIO_PAIRS = (
     ("h", "d"),
     ("i", "d"),
     ("j", "d"),
+    ("l", "k"),
+    ("n", "m"),
 )
 
 
@@ -593,13 +649,14 @@ class RatioBar:
 #: The closed-loop bars: the proxy route keeps at least 0.9 of the bare proxy's req/s;
 #: authentication (API key, cached JWT) costs the route at most 15 % and 20 % of its own;
 #: a rate limit decided on every request costs it at most 5 % (in memory) and 20 % (one
-#: Redis round trip).
+#: Redis round trip); idempotency keys in memory cost the POST route at most 15 %.
 CLOSED_LOOP_BARS = {
     "proxy_throughput": RatioBar("d_over_b", 0.9, "d/b"),
     "api_key_auth": RatioBar("g_over_d", 0.85, "g/d"),
     "jwt_auth": RatioBar("h_over_d", 0.8, "h/d"),
     "rate_limit_memory": RatioBar("i_over_d", 0.95, "i/d"),
     "rate_limit_redis": RatioBar("j_over_d", 0.8, "j/d"),
+    "idempotency_memory": RatioBar("l_over_k", BAR_IDEMPOTENCY_MEMORY, "l/k"),
 }
 
 
@@ -742,6 +799,68 @@ def closed_loop_bars(ratio: dict[str, dict[str, Any] | None]) -> dict[str, dict[
             "per_round": measured["per_round"]["rps"],
         }
     return out
+
+
+#: n's figures whose per-round difference with m's is what validation adds.
+ADDED_FIGURES = ("p50_ms", "p90_ms", "p99_ms", "server_cpu_us_per_request")
+
+
+def validation_cost(
+    variants: dict[str, dict[str, Any]], micro: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """What n's validation adds to m's route: n - m, within each round, and the median.
+
+    The latencies are wrk's, at 32 connections in a closed loop: at saturation each
+    request also waits behind the others in the gateway, so a p50 difference is about
+    32 x the added CPU per request when the gateway is the bottleneck. The added server
+    CPU per request is the cost itself. ``microbenchmark`` is the validator alone.
+    """
+    m, n = variants.get("m"), variants.get("n")
+    out: dict[str, Any] = {"body_bytes": None, "microbenchmark": micro}
+    if m is None or n is None or "rounds" not in m or "rounds" not in n:
+        return out if micro is not None else None
+    if "error" in m or "error" in n:
+        out["skipped"] = "m or n is in error"
+        return out
+    out["body_bytes"] = n.get("body_bytes")
+    m_runs = {run["round"]: run for run in m["rounds"]}
+    per_round: dict[str, list[float]] = {figure: [] for figure in ADDED_FIGURES}
+    rounds = []
+    for a in n["rounds"]:
+        b = m_runs.get(a["round"])
+        if b is None:
+            continue
+        rounds.append(a["round"])
+        for figure in ADDED_FIGURES:
+            if _number(a.get(figure)) and _number(b.get(figure)):
+                per_round[figure].append(a[figure] - b[figure])
+    out["added"] = {figure: _median(values) for figure, values in per_round.items() if values}
+    out["per_round"] = {
+        figure: [round(value, 3) for value in values]
+        for figure, values in per_round.items()
+        if values
+    }
+    out["rounds"] = rounds
+    return out
+
+
+def validation_bars(cost: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """validation_added_p50, when m and n were both measured: the median n - m p50."""
+    if cost is None or "p50_ms" not in cost.get("added", {}):
+        return {}
+    value = cost["added"]["p50_ms"]
+    return {
+        "validation_added_p50": {
+            "pass": value <= BAR_VALIDATION_ADDED_P50_MS,
+            "value": value,
+            "rule": (
+                f"median over rounds of n p50 - m p50 (ms, wrk -c{WRK_CONNECTIONS}, same "
+                f"round) <= {BAR_VALIDATION_ADDED_P50_MS:g}"
+            ),
+            "per_round": cost["per_round"]["p50_ms"],
+            "server_cpu_added_us": cost["added"].get("server_cpu_us_per_request"),
+        }
+    }
 
 
 def rate_limit_open_loop_bars(measured: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -908,6 +1027,29 @@ def proxy_gateway_config(
         access_log=access_log,
         **extra,
         upstreams={"users": {"targets": [upstream]}},
+    )
+
+
+def orders_gateway_config(
+    folder: Path,
+    port: int,
+    upstream: str,
+    idempotency: dict[str, Any] | None = None,
+    validation: dict[str, Any] | None = None,
+) -> Path:
+    """k to n: ``POST /orders`` proxied to the orders service, access log off.
+
+    l adds ``idempotency:`` (the top-level store left at its default, memory), n adds
+    ``validation:``; k's and m's routes are the same route without them.
+    """
+    route: dict[str, Any] = {"name": "orders", "path": ORDERS_PATH, "methods": ["POST"]}
+    if idempotency is not None:
+        route["idempotency"] = idempotency
+    if validation is not None:
+        route["validation"] = validation
+    route["proxy"] = {"upstream": "orders", "timeout": "5s"}
+    return write_gateway_config(
+        folder, port, routes=[route], upstreams={"orders": {"targets": [upstream]}}
     )
 
 
@@ -1124,6 +1266,311 @@ http {{
     return command
 
 
+# --- k to n: the POST bodies, n's schema, wrk's Lua scripts ------------------------------
+
+#: k's and l's body, about 100 bytes: what the orders service needs (sku, quantity)
+#: and a little more.
+SMALL_ORDER: dict[str, Any] = {
+    "sku": "BOOK-12345",
+    "quantity": 2,
+    "currency": "EUR",
+    "note": "leave the parcel with the concierge",
+}
+
+_ADDRESS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["line1", "city", "postal_code", "country"],
+    "additionalProperties": False,
+    "properties": {
+        "line1": {"type": "string", "minLength": 1, "maxLength": 100},
+        "line2": {"type": "string", "maxLength": 100},
+        "city": {"type": "string", "minLength": 1, "maxLength": 60},
+        "postal_code": {"type": "string", "pattern": "^[A-Z0-9][A-Z0-9 -]{2,9}$"},
+        "country": {"type": "string", "pattern": "^[A-Z]{2}$"},
+    },
+}
+_SKU_SCHEMA: dict[str, Any] = {"type": "string", "pattern": "^[A-Z]{4}-[0-9]{5}$"}
+#: n's body schema: an order as a shop would check it (nested objects, arrays of
+#: objects, string patterns and formats, integer bounds, enums, no unknown members).
+ORDER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["order_id", "sku", "quantity", "currency", "customer", "items", "payment"],
+    "additionalProperties": False,
+    "properties": {
+        "order_id": {"type": "string", "pattern": "^ORD-[0-9]{4}-[0-9]{6}$"},
+        "sku": _SKU_SCHEMA,
+        "quantity": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "currency": {"enum": ["USD", "EUR", "GBP"]},
+        "placed_at": {"type": "string", "format": "date-time"},
+        "customer": {
+            "type": "object",
+            "required": ["id", "email", "name", "shipping_address"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "pattern": "^cus_[0-9a-f]{8}$"},
+                "email": {"type": "string", "format": "email", "maxLength": 254},
+                "name": {"type": "string", "minLength": 1, "maxLength": 100},
+                "tier": {"enum": ["free", "plus", "pro", "enterprise"]},
+                "shipping_address": _ADDRESS_SCHEMA,
+                "billing_address": _ADDRESS_SCHEMA,
+            },
+        },
+        "items": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 50,
+            "items": {
+                "type": "object",
+                "required": ["sku", "quantity", "unit_price_cents"],
+                "additionalProperties": False,
+                "properties": {
+                    "sku": _SKU_SCHEMA,
+                    "quantity": {"type": "integer", "minimum": 1, "maximum": 100},
+                    "unit_price_cents": {"type": "integer", "minimum": 0, "maximum": 10_000_000},
+                    "gift_wrap": {"type": "boolean"},
+                    "options": {
+                        "type": "object",
+                        "maxProperties": 10,
+                        "additionalProperties": {"type": "string", "maxLength": 40},
+                    },
+                    "tags": {
+                        "type": "array",
+                        "maxItems": 10,
+                        "uniqueItems": True,
+                        "items": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,31}$"},
+                    },
+                },
+            },
+        },
+        "payment": {
+            "type": "object",
+            "required": ["method", "amount_cents"],
+            "additionalProperties": False,
+            "properties": {
+                "method": {"enum": ["card", "paypal", "invoice"]},
+                "card_last4": {"type": "string", "pattern": "^[0-9]{4}$"},
+                "amount_cents": {"type": "integer", "minimum": 1},
+                "captured": {"type": "boolean"},
+            },
+        },
+        "notes": {"type": "string", "maxLength": 500},
+        "metadata": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 64}},
+    },
+}
+#: Items in the 2 KB order: the body is then about 2,050 bytes.
+ORDER_ITEMS = 9
+_CATEGORIES = ("BOOK", "ELEC", "HOME", "TOYS", "GARD", "SPRT")
+
+
+def large_order() -> dict[str, Any]:
+    """m's and n's body: an order of ORDER_ITEMS items, about 2 KB, valid under
+    ORDER_SCHEMA (checked in-process before anything starts), with the top-level
+    ``sku`` and ``quantity`` the orders service needs to answer 201."""
+    items: list[dict[str, Any]] = [
+        {
+            "sku": f"{_CATEGORIES[i % len(_CATEGORIES)]}-{10_000 + 7_919 * i % 90_000:05d}",
+            "quantity": 1 + i % 3,
+            "unit_price_cents": 299 + 1_733 * i,
+            "gift_wrap": i % 2 == 0,
+            "options": {"colour": ("red", "blue", "green")[i % 3], "size": "SML"[i % 3]},
+            "tags": ["spring-sale", f"aisle-{i}"],
+        }
+        for i in range(ORDER_ITEMS)
+    ]
+    address = {
+        "line1": "12 Analytical Engine Row",
+        "line2": "Flat 3",
+        "city": "London",
+        "postal_code": "SW1A 1AA",
+        "country": "GB",
+    }
+    return {
+        "order_id": "ORD-2024-000123",
+        "sku": items[0]["sku"],
+        "quantity": items[0]["quantity"],
+        "currency": "GBP",
+        "placed_at": "2024-03-01T12:34:56Z",
+        "customer": {
+            "id": "cus_8f3a9c2d",
+            "email": "ada.lovelace@example.com",
+            "name": "Ada Lovelace",
+            "tier": "pro",
+            "shipping_address": address,
+            "billing_address": {**address, "line2": "c/o Babbage"},
+        },
+        "items": items,
+        "payment": {
+            "method": "card",
+            "card_last4": "4242",
+            "amount_cents": sum(item["quantity"] * item["unit_price_cents"] for item in items),
+            "captured": False,
+        },
+        "notes": "Please leave the parcel with the concierge if nobody answers the door.",
+        "metadata": {"channel": "web", "campaign": "spring-sale", "client_version": "3.14.2"},
+    }
+
+
+def invalid_order(order: dict[str, Any]) -> dict[str, Any]:
+    """``order`` with one nested violation (an item's sku breaks its pattern): n must
+    refuse it with 422, while m, and the orders service itself, accept it."""
+    items = [dict(item) for item in order["items"]]
+    items[-1]["sku"] = "not-a-sku"
+    return {**order, "items": items}
+
+
+def _compile_order_schema() -> tuple[Callable[[Any], Any], Any]:
+    """The gateway's own compiled ORDER_SCHEMA: (fast validator, full validator)."""
+    import gateway.config  # noqa: F401  (imported first: validation <-> config.loader cycle)
+    from gateway.policies.validation import compile_schema
+
+    return compile_schema(ORDER_SCHEMA)
+
+
+def check_order_schema(document: dict[str, Any]) -> None:
+    """The 2 KB order is valid (both validators agree), its broken twin is not: else n
+    would measure 422s, or a schema that checks nothing."""
+    fast, full = _compile_order_schema()
+    errors = [error.message for error in full.iter_errors(document)]
+    if errors:
+        raise BenchError(f"the 2 KB order breaks its own schema: {errors}")
+    try:
+        fast(document)
+    except Exception as exc:
+        raise BenchError(f"the 2 KB order fails the fast validator: {exc}") from exc
+    if not list(full.iter_errors(invalid_order(document))):
+        raise BenchError("the schema accepts the broken order: it checks nothing")
+
+
+def validator_microbenchmark(document: dict[str, Any], body: bytes) -> dict[str, Any]:
+    """The validator's own cost: ``compile_schema(ORDER_SCHEMA)[0](document)`` called in
+    a loop in this process (on the load core, before any load starts), and next to it
+    ``orjson.loads`` of the same body (n parses it too; m does not).
+
+    Each of MICRO_REPEATS repetitions runs for about MICRO_REPEAT_S; the figures are
+    the median and the fastest repetition, in microseconds per call.
+    """
+    import orjson
+
+    fast, _ = _compile_order_schema()
+
+    def per_call(call: Callable[[], object]) -> dict[str, Any]:
+        started = time.perf_counter()
+        calls = 0
+        while time.perf_counter() - started < 0.05:  # warm up, and size a repetition
+            call()
+            calls += 1
+        number = max(100, round(calls * MICRO_REPEAT_S / 0.05))
+        times = []
+        for _ in range(MICRO_REPEATS):
+            started = time.perf_counter()
+            for _ in range(number):
+                call()
+            times.append((time.perf_counter() - started) / number * 1e6)
+        return {
+            "us_median": round(statistics.median(times), 2),
+            "us_min": round(min(times), 2),
+            "calls_per_repeat": number,
+            "repeats": MICRO_REPEATS,
+        }
+
+    return {
+        "what": "compile_schema(ORDER_SCHEMA)[0](document), in the harness's process",
+        "body_bytes": len(body),
+        "validate": per_call(lambda: fast(document)),
+        "orjson_loads": per_call(lambda: orjson.loads(body)),
+    }
+
+
+def _lua_string(text: str) -> str:
+    """``text`` as a Lua long-bracket literal (no escapes inside, whatever it holds)."""
+    level = 0
+    while f"]{'=' * level}]" in text:
+        level += 1
+    return f"[{'=' * level}[{text}]{'=' * level}]"
+
+
+def post_script(folder: Path, name: str, body: bytes, unique_keys: bool) -> Path:
+    """A wrk script POSTing ``body`` as JSON to the URL's path.
+
+    With ``unique_keys``, each request carries ``Idempotency-Key: "<prefix>-<thread>-<n>"``,
+    ``n`` counting up in ``request()``: the prefix (the script's argument, given after
+    ``--``) differs per wrk run, so no key is ever sent twice to a gateway, warm-up and
+    rounds included. Without, the request is built once (wrk's fast path).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.lua"
+    text = body.decode()
+    if unique_keys:
+        script = f"""-- POST {len(body)} bytes of JSON, each request with a new Idempotency-Key.
+-- The key is an RFC 8941 sf-string: "<prefix>-<thread>-<n>".
+local body = {_lua_string(text)}
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
+local prefix = "run"
+local counter = 0
+function init(args)
+  prefix = (args[1] or "run") .. "-" .. tostring(id or 0)
+end
+function request()
+  counter = counter + 1
+  local headers = {{}}
+  headers["Content-Type"] = "application/json"
+  headers["Idempotency-Key"] = '"' .. prefix .. "-" .. counter .. '"'
+  return wrk.format("POST", nil, headers, body)
+end
+"""
+    else:
+        script = f"""-- POST {len(body)} bytes of JSON, the same request every time.
+wrk.method = "POST"
+wrk.body = {_lua_string(text)}
+wrk.headers["Content-Type"] = "application/json"
+"""
+    path.write_text(script)
+    return path
+
+
+def post(
+    url: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One JSON POST: status, headers, body (error statuses too)."""
+    request = urllib.request.Request(
+        url,
+        data=body,
+        headers={"Content-Type": "application/json", **(headers or {})},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers.items()), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+    except OSError as exc:
+        raise BenchError(f"POST {url} failed: {exc}") from exc
+
+
+_ORDER_ID = re.compile(r"^ord_(\d+)$")
+
+
+def orders_made(origin: str) -> int:
+    """How many orders the orders service has created so far, this probe's included.
+
+    It numbers the orders it creates (``ord_100001``, ...) and keeps nothing else: one
+    direct POST before and one after a run tell how many POSTs reached it in between.
+    """
+    status, _, raw = post(origin + ORDERS_PATH, json.dumps(SMALL_ORDER).encode())
+    try:
+        order_id = json.loads(raw).get("id", "") if status == 201 else ""
+    except ValueError:
+        order_id = ""
+    match = _ORDER_ID.match(order_id) if isinstance(order_id, str) else None
+    if match is None:
+        raise BenchError(f"the orders service answered {status}: {raw[:200]!r}")
+    return int(match[1])
+
+
 # --- redis-server: j's limiter store ------------------------------------------------------
 
 
@@ -1285,8 +1732,40 @@ class Target:
     rate_limits: dict[str, Any] | None = None
     #: j: its private redis-server, stopped with it.
     redis: RedisStore | None = None
+    #: The sample service behind it: ``users`` (a to j) or ``orders`` (k to n).
+    upstream: str = "users"
+    #: k to n: the JSON body POSTed (by wrk's Lua ``script`` and by the probes).
+    body: bytes | None = None
+    script: Path | None = None
+    #: k, l: a new ``Idempotency-Key`` on every request (the script numbers them).
+    unique_keys: bool = False
+    #: wrk runs so far (the warm-up included): the prefix of each run's keys.
+    wrk_runs: int = 0
+    #: Requests answered in the warm-up run (l: records it left in the memory store).
+    warmup_requests: int | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+
+    def next_script(self) -> tuple[Path | None, list[str]]:
+        """The Lua script and its arguments for the next wrk run: with unique keys, a
+        prefix of its own (``k1``, ``k2``...), so no key repeats across runs."""
+        self.wrk_runs += 1
+        if not self.unique_keys:
+            return self.script, []
+        return self.script, [f"{self.key}{self.wrk_runs}"]
+
+
+@dataclass
+class Upstream:
+    """A sample service the closed-loop variants proxy to, on the load core."""
+
+    kind: str
+    proc: Proc
+    port: int
+
+    @property
+    def origin(self) -> str:
+        return f"http://{HOST}:{self.port}"
 
 
 @dataclass
@@ -1303,6 +1782,15 @@ class Run:
     orders: list[list[str]] = field(default_factory=list)
     #: The open loops against j (and d) that time the Redis decisions; None if not run.
     rate_limit_open: dict[str, Any] | None = None
+    #: The sample services behind the closed-loop variants, by kind (users, orders).
+    upstreams: dict[str, Upstream] = field(default_factory=dict)
+    #: m's and n's 2 KB order, and n's validator timed in-process (when n is selected).
+    order: dict[str, Any] = field(default_factory=large_order)
+    validation_micro: dict[str, Any] | None = None
+
+    @property
+    def order_body(self) -> bytes:
+        return json.dumps(self.order, separators=(",", ":")).encode()
 
     @property
     def round_s(self) -> int:
@@ -1364,31 +1852,53 @@ class Run:
             self.setup_failed(CLOSED_LOOP, exc)
 
     def _run_proxies(self) -> None:
-        port = self.port()
-        users = self.procs.start(
-            "users",
-            self.cores.wrap(services_command({"users": port}, "0ms", "0ms"), self.cores.load),
-        )
+        if "n" in self.only:
+            self._time_validator()
+        kinds = []
+        if set(self.only) & (set(CLOSED_LOOP) - set(ORDERS_VARIANTS)):
+            kinds.append("users")
+        if set(self.only) & set(ORDERS_VARIANTS):
+            kinds.append("orders")
         targets: list[Target] = []
         try:
-            wait_ready(users, port)
-            self.record_pinning(users, "upstream (load core)")
-            upstream = f"http://{HOST}:{port}"
-            expect_ok(upstream + USER_PATH, "users service")
-            targets = self._start_targets(upstream, port)
-            self._measure_rounds(targets, users)
-            self._measure_rate_limit_open_loop(targets, users)
+            for kind in kinds:
+                port = self.port()
+                command = services_command({kind: port}, "0ms", "0ms")
+                proc = self.procs.start(kind, self.cores.wrap(command, self.cores.load))
+                self.upstreams[kind] = Upstream(kind, proc, port)
+            for upstream in self.upstreams.values():
+                wait_ready(upstream.proc, upstream.port)
+                self.record_pinning(upstream.proc, "upstream (load core)")
+            if "users" in self.upstreams:
+                expect_ok(self.upstreams["users"].origin + USER_PATH, "users service")
+            if "orders" in self.upstreams:
+                orders_made(self.upstreams["orders"].origin)  # it answers POST /orders 201
+            targets = self._start_targets()
+            self._measure_rounds(targets)
+            if "users" in self.upstreams:
+                self._measure_rate_limit_open_loop(targets, self.upstreams["users"].proc)
         finally:
             for target in targets:
                 if target.proc is not None:
                     self.procs.stop(target.proc)
                 if target.redis is not None:
                     self.procs.stop(target.redis.proc)
-            self.procs.stop(users)
+            for upstream in self.upstreams.values():
+                self.procs.stop(upstream.proc)
         for target in targets:
             self._record(target)
 
-    def _start_targets(self, upstream: str, upstream_port: int) -> list[Target]:
+    def _time_validator(self) -> None:
+        """n's validator on its own, in this process, before any server starts."""
+        self.say("[n] the validator alone, in-process: 2 KB order ...")
+        try:
+            check_order_schema(self.order)
+            self.validation_micro = validator_microbenchmark(self.order, self.order_body)
+        except BenchError as exc:
+            self.say(f"[n] validator microbenchmark FAILED: {exc}")
+            self.validation_micro = {"error": str(exc)}
+
+    def _start_targets(self) -> list[Target]:
         """Every selected server, started at once and then checked one by one.
 
         They all stay up for the whole of the rounds: an idle asyncio server or nginx
@@ -1397,11 +1907,23 @@ class Run:
         (``idle_servers``) to show they stayed idle.
         """
         targets: list[Target] = []
+        users = self.upstreams.get("users")
+        upstream, upstream_port = (users.origin, users.port) if users else ("", 0)
         for key in ROUND_ORDER:
             if key not in self.only:
                 continue
             if key == "c" and shutil.which("nginx") is None:
                 self.variants["c"] = {"name": NAMES["c"], "skipped": "nginx is not on PATH"}
+                continue
+            if key in ORDERS_VARIANTS:
+                port = self.port()
+                target = Target(key, f"http://{HOST}:{port}{ORDERS_PATH}", port, upstream="orders")
+                targets.append(target)
+                try:
+                    self._start_orders_gateway(target)
+                except BenchError as exc:
+                    self.say(f"[{key}] FAILED: {exc}")
+                    target.error = str(exc)
                 continue
             if key == "a":
                 targets.append(Target(key, upstream + USER_PATH, upstream_port))
@@ -1504,6 +2026,88 @@ class Run:
         command = [PYTHON, "-m", "gateway", "run", "-c", str(config)]
         target.proc = self.start_server(name, command)
 
+    def _start_orders_gateway(self, target: Target) -> None:
+        """k to n: the POST route to the orders service; l with idempotency keys, n with
+        the order schema. k and l POST the 100-byte order with a new key each time, m
+        and n the 2 KB one."""
+        key = target.key
+        small = key in ("k", "l")
+        if not small:
+            check_order_schema(self.order)
+        target.body = json.dumps(SMALL_ORDER).encode() if small else self.order_body
+        target.unique_keys = small
+        name = {
+            "k": "gateway-post",
+            "l": "gateway-idempotency",
+            "m": "gateway-post-2k",
+            "n": "gateway-validation",
+        }[key]
+        target.script = post_script(self.workdir / "wrk", key, target.body, target.unique_keys)
+        config = orders_gateway_config(
+            self.workdir / name,
+            target.port,
+            self.upstreams["orders"].origin,
+            idempotency=BENCH_IDEMPOTENCY if key == "l" else None,
+            validation={"body": ORDER_SCHEMA} if key == "n" else None,
+        )
+        command = [PYTHON, "-m", "gateway", "run", "-c", str(config)]
+        target.proc = self.start_server(name, command)
+
+    def _check_orders(self, target: Target) -> None:
+        """k to n answer their POST with 201 (and Server-Timing: the gateway's answer).
+
+        l must replay a repeated key (``Idempotent-Replayed: true``, the same body, no
+        second order upstream), k must not (its route has no idempotency: two orders);
+        n must refuse with 422 the order with a broken nested sku, which m passes on
+        (the orders service accepts it). Otherwise a route without the feature, or a
+        schema that checks nothing, would be measured as the feature's cost.
+        """
+        assert target.body is not None
+        what, origin = NAMES[target.key], self.upstreams["orders"].origin
+        headers = {"Idempotency-Key": f'"probe-{target.key}"'} if target.unique_keys else {}
+        before = orders_made(origin)
+        status, answer, first = post(target.url, target.body, headers)
+        lower = {name.lower(): value for name, value in answer.items()}
+        if status != 201:
+            raise BenchError(f"{what}: POST {target.url} answered {status}: {first[:300]!r}")
+        if "server-timing" not in lower:
+            raise BenchError("the gateway's answer has no Server-Timing: not the gateway?")
+        if "idempotent-replayed" in lower:
+            raise BenchError(f"{what}: a new key was answered as a replay")
+        if target.unique_keys:
+            status, answer, again = post(target.url, target.body, headers)
+            replayed = {name.lower(): value for name, value in answer.items()}.get(
+                "idempotent-replayed"
+            )
+            made = orders_made(origin) - before - 1
+            if target.key == "l":
+                if status != 201 or replayed != "true":
+                    raise BenchError(
+                        f"{what}: the same key again answered {status} with "
+                        f"Idempotent-Replayed: {replayed}: the route does not replay"
+                    )
+                if again != first:
+                    raise BenchError(f"{what}: the replay's body differs from the answer")
+                if made != 1:
+                    raise BenchError(f"{what}: {made} orders upstream for a request and its replay")
+            elif status != 201 or replayed is not None or made != 2:
+                raise BenchError(
+                    f"{what}: the same key again answered {status} (Idempotent-Replayed: "
+                    f"{replayed}, {made} orders upstream): k's route must not replay"
+                )
+            return
+        broken = json.dumps(invalid_order(self.order), separators=(",", ":")).encode()
+        status, _, problem = post(target.url, broken)
+        if target.key == "m":
+            if status != 201:
+                raise BenchError(f"{what}: the order with a broken sku answered {status}")
+            return
+        if status != 422 or b"/items/" not in problem:
+            raise BenchError(
+                f"{what}: the order with a broken sku answered {status}, expected 422 "
+                f"naming /items/...: {problem[:300]!r}"
+            )
+
     def _check(self, target: Target) -> None:
         """Wait for the server, record its pinning, and make sure it answers properly."""
         proc = target.proc
@@ -1513,6 +2117,9 @@ class Run:
             self.record_pinning(proc, f"server under test{' (master + worker)' if nginx else ''}")
             # nginx forks its worker after it starts listening: look for it only now.
             target.server_pids = [proc.pid, *child_pids(proc.pid)]
+        if target.key in ORDERS_VARIANTS:
+            self._check_orders(target)
+            return
         if target.client is not None:
             token_url = f"http://{HOST}:{target.port}/oauth/token"
             token = fetch_token(token_url, target.client, self.token_ttl_s / 2)
@@ -1534,7 +2141,7 @@ class Run:
             # ...and still accepted afterwards (nothing above spoilt a cache).
             expect_ok(target.url, what, target.headers)
 
-    def _measure_rounds(self, targets: list[Target], users: Proc) -> None:
+    def _measure_rounds(self, targets: list[Target]) -> None:
         live = {target.key: target for target in targets if target.error is None}
         self.orders = round_orders(list(live), self.rounds)
         if not live:
@@ -1544,35 +2151,44 @@ class Run:
         for key in self.orders[0]:
             self.say(f"[{key}] {NAMES[key]}: warm-up {WARMUP_S:g}s")
             target = live[key]
-            warm_up = functools.partial(wrk, target.url, WARMUP_S, self.cores, target.headers)
-            self._guard(target, warm_up)
+            warm_up = functools.partial(
+                wrk, target.url, WARMUP_S, self.cores, target.headers, *target.next_script()
+            )
+            text = self._guard(target, warm_up)
+            if text is not None and target.unique_keys:
+                with contextlib.suppress(BenchError):
+                    target.warmup_requests = parse_wrk(text)["requests"]
         for number, order in enumerate(self.orders, start=1):
             for position, key in enumerate(order, start=1):
                 target = live[key]
                 if target.error is not None:
                     continue
-                if users.popen.poll() is not None:
-                    # Every proxy would now measure fast 502s: stop, keeping the rounds so far.
-                    error = _exited(users, f"during round {number}")
+                upstream = self.upstreams[target.upstream]
+                if upstream.proc.popen.poll() is not None:
+                    # Every proxy in front of it would now measure fast 502s: stop them,
+                    # keeping the rounds so far.
+                    error = _exited(upstream.proc, f"during round {number}")
                     self.say(f"FAILED: {error}")
                     for other in live.values():
-                        other.error = other.error or error
-                    return
+                        if other.upstream == target.upstream:
+                            other.error = other.error or error
+                    continue
                 self.say(f"[round {number}/{self.rounds}] [{key}] {NAMES[key]}: {self.round_s}s")
+                # The other servers and the other sample service wait, idle.
                 idle = [
                     pid
                     for other in targets
                     if other is not target and other.proc is not None
                     for pid in other.server_pids
-                ]
+                ] + [other.proc.pid for other in self.upstreams.values() if other is not upstream]
                 watch = {
-                    "upstream": [users.pid],
+                    "upstream": [upstream.proc.pid],
                     "idle_servers": idle,
                     **self._redis_watch(targets),
                 }
                 if target.server_pids:
                     watch["server"] = target.server_pids
-                measure = functools.partial(self._measure, target, watch, users)
+                measure = functools.partial(self._measure, target, watch, upstream)
                 result = self._guard(target, measure)
                 if result is not None:
                     target.runs.append({"round": number, "position": position, **result})
@@ -1584,23 +2200,40 @@ class Run:
         pids = [target.redis.proc.pid for target in targets if target.redis is not None]
         return {"redis": pids} if pids else {}
 
-    def _measure(self, target: Target, watch: dict[str, list[int]], users: Proc) -> dict[str, Any]:
+    def _measure(
+        self, target: Target, watch: dict[str, list[int]], upstream: Upstream
+    ) -> dict[str, Any]:
         """One measured run, refused when it did not measure what it claims to.
 
         Error answers are fast: a 401 storm (g's key or h's token refused mid-run) or
         502s (the users service gone) would otherwise pass for a fast server. So are
         j's requests admitted without a Redis decision (``fail_open`` when Redis does
         not answer in time): j's run must have cost Redis one decision per response.
+        And so are replays (l's answer to a key it has seen, without the upstream): each
+        run of k to n must have created one order upstream per response at least.
         """
         decided = target.redis.decisions() if target.redis is not None else 0
-        result = measure_wrk(target.url, self.round_s, self.cores, watch, target.headers)
-        if users.popen.poll() is not None:
-            raise BenchError(_exited(users, "during this run"))
+        made = orders_made(upstream.origin) if upstream.kind == "orders" else 0
+        result = measure_wrk(
+            target.url, self.round_s, self.cores, watch, target.headers, *target.next_script()
+        )
+        if upstream.proc.popen.poll() is not None:
+            raise BenchError(_exited(upstream.proc, "during this run"))
         if result["non_2xx"]:
             hint = ": was the credential refused?" if target.headers else ""
             raise BenchError(
                 f"{result['non_2xx']} of {result['requests']} responses were not 2xx{hint}"
             )
+        if upstream.kind == "orders":
+            # Minus the probe's own order; requests in flight when wrk stopped reached
+            # the upstream too, so there may be a few more orders, never fewer.
+            made = orders_made(upstream.origin) - made - 1
+            result["orders_created"] = made
+            if result["requests"] is None or made < result["requests"]:
+                raise BenchError(
+                    f"{made} orders created upstream for {result['requests']} responses: "
+                    "the others never reached it (replayed?)"
+                )
         if target.redis is not None:
             decided = target.redis.decisions() - decided
             result["redis_decisions"] = decided
@@ -1650,6 +2283,29 @@ class Run:
             result["rate_limit"] = BENCH_ROUTE_LIMIT
         if target.redis is not None and target.runs:
             result["redis_decisions"] = sum(run.get("redis_decisions", 0) for run in target.runs)
+        if target.key in ORDERS_VARIANTS:
+            result["upstream"] = f"orders service, POST {ORDERS_PATH}"
+            result["body_bytes"] = len(target.body or b"")
+            result["idempotency_key_per_request"] = target.unique_keys
+            if target.runs:
+                result["orders_created"] = sum(run.get("orders_created", 0) for run in target.runs)
+        if target.key == "l":
+            result["idempotency"] = BENCH_IDEMPOTENCY
+            # Every request left a record (none expire within a run): how many, about
+            # (wrk's responses; a few in flight at each run's end are not counted).
+            keys = target.warmup_requests or 0
+            for run in target.runs:
+                run["records_stored_before"] = keys
+                keys += run.get("requests") or 0
+            result["records_stored"] = keys
+            if keys > MEMORY_STORE_SWEEP_AT:
+                self.say(
+                    f"[l] warning: about {keys} records in the memory store, over "
+                    f"{MEMORY_STORE_SWEEP_AT}: it then sweeps on every new key, and l's "
+                    "later runs measure that sweep"
+                )
+        if target.key == "n":
+            result["validation"] = {"body": ORDER_SCHEMA}
         if target.access_log is not None and target.runs:
             # Read once the gateway has drained and exited: only then is the log complete.
             path = target.access_log
@@ -1865,6 +2521,8 @@ def print_table(report: dict[str, Any]) -> None:
     print()
     if any(key in variants for key in CLOSED_LOOP):
         print_closed_loop(report)
+    if report.get("validation") is not None:
+        print_validation(report)
     if report.get("rate_limit_open_loop") is not None:
         print_rate_limit_open_loop(report)
     if any(key in variants for key in ("e", "f")):
@@ -1909,10 +2567,11 @@ def print_closed_loop(report: dict[str, Any]) -> None:
         if "error" in v:
             print(f"     FAILED after {len(v['rounds'])} rounds: {v['error']}")
     if measured:
-        print("  per round, in round order (req/s, server us/req):")
+        print("  per round, in round order (req/s, p50 ms, server us/req):")
         for key in measured:
-            runs = " ".join(
-                f"{run['rps']:>7.0f} {_fmt(run.get('server_cpu_us_per_request'), '.0f'):>4}"
+            runs = "  ".join(
+                f"{run['rps']:>7.0f} {_fmt(run.get('p50_ms')):>6} "
+                f"{_fmt(run.get('server_cpu_us_per_request'), '.0f'):>4}"
                 for run in variants[key]["rounds"]
             )
             print(f"    {key:<3}{runs}")
@@ -1924,6 +2583,12 @@ def print_closed_loop(report: dict[str, Any]) -> None:
                 f"  j's redis-server: {_fmt(j['cpu']['processes'].get('redis'), '.0%')} of "
                 f"core 1; decisions per round {decisions} (responses {responses})"
             )
+        for key in ORDERS_VARIANTS:
+            if key not in measured:
+                continue
+            made = " ".join(str(run.get("orders_created", "-")) for run in variants[key]["rounds"])
+            responses = " ".join(str(run.get("requests", "-")) for run in variants[key]["rounds"])
+            print(f"  {key}: orders created upstream per round {made} (responses {responses})")
     for name, ratio in report["ratios"].items():
         if ratio is None:
             continue
@@ -1943,6 +2608,40 @@ def print_closed_loop(report: dict[str, Any]) -> None:
                 f"  bar {name} ({outcome['rule']}): {'PASS' if outcome['pass'] else 'FAIL'} "
                 f"({outcome['value']:.3f})"
             )
+    print()
+
+
+def print_validation(report: dict[str, Any]) -> None:
+    cost: dict[str, Any] = report["validation"]
+    print(f"Validation (n - m, same rounds; {cost.get('body_bytes') or '-'} B body)")
+    if "skipped" in cost:
+        print(f"  skipped: {cost['skipped']}")
+    added = cost.get("added", {})
+    for figure, label, unit in (
+        ("p50_ms", "p50", "ms"),
+        ("p90_ms", "p90", "ms"),
+        ("p99_ms", "p99", "ms"),
+        ("server_cpu_us_per_request", "server CPU", "us/req"),
+    ):
+        if figure in added:
+            per_round = " ".join(f"{value:+.3f}" for value in cost["per_round"][figure])
+            print(f"  {label:<11}{added[figure]:+9.3f} {unit:<7}[{per_round}]")
+    micro = cost.get("microbenchmark")
+    if micro is not None and "error" in micro:
+        print(f"  validator in-process: FAILED: {micro['error']}")
+    elif micro is not None:
+        print(
+            f"  validator in-process ({micro['body_bytes']} B): "
+            f"{micro['validate']['us_median']:.1f} us per call "
+            f"(fastest repeat {micro['validate']['us_min']:.1f}); orjson.loads "
+            f"{micro['orjson_loads']['us_median']:.1f} us"
+        )
+    outcome = report["bars"].get("validation_added_p50")
+    if outcome is not None:
+        print(
+            f"  bar validation_added_p50 ({outcome['rule']}): "
+            f"{'PASS' if outcome['pass'] else 'FAIL'} ({outcome['value']:.3f})"
+        )
     print()
 
 
@@ -2040,24 +2739,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--duration",
         type=float,
         default=10.0,
-        help="seconds measured per variant (10); the closed-loop variants (a to d2, g to j) "
+        help="seconds measured per variant (10); the closed-loop variants (a to d2, g to n) "
         "split them over the rounds; the open loops (e, f, j's and d's at "
         f"{RATE_LIMIT_OPEN_RATE:g} req/s) last that long after a {WARMUP_S:g} s warm-up; "
-        "a full run with the defaults takes about 3 minutes",
+        "a full run with the defaults takes about 4 minutes",
     )
     parser.add_argument(
         "--rounds",
         type=int,
         default=DEFAULT_ROUNDS,
-        help=f"interleaved rounds of the closed-loop variants a to d2, g to j ({DEFAULT_ROUNDS}); "
+        help=f"interleaved rounds of the closed-loop variants a to d2, g to n ({DEFAULT_ROUNDS}); "
         f"each wrk run lasts duration/rounds s, rounded up, at least {MIN_ROUND_S} s",
     )
     parser.add_argument(
         "--only",
         default=",".join(ALL_VARIANTS),
         help="comma-separated variants (all: %(default)s); g to j, like b to d2, also "
-        "start the users service; j also starts a private redis-server ($REDIS_SERVER or "
-        "redis-server on PATH) and, after the rounds, the open loops against j and d",
+        "start the users service, k to n the orders service; j also starts a private "
+        "redis-server ($REDIS_SERVER or redis-server on PATH) and, after the rounds, the "
+        "open loops against j and d; n also times its validator in-process",
     )
     parser.add_argument(
         "--output", type=Path, default=RESULTS, help="JSON results file (%(default)s)"
@@ -2072,7 +2772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if shutil.which("wrk") is None and set(only) & set(CLOSED_LOOP):
-        parser.error("wrk is not on PATH (variants a to d2 and g to j need it)")
+        parser.error("wrk is not on PATH (variants a to d2 and g to n need it)")
 
     # SIGTERM (a CI timeout, `kill`) must unwind through the finally blocks like Ctrl-C.
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -2105,6 +2805,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     ratio = ratios(run.variants)
+    validation = validation_cost(run.variants, run.validation_micro)
     open_loops = {
         f"{key} open loop": run.rate_limit_open[key]
         for key in ("j", "d")
@@ -2121,8 +2822,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "variants": run.variants,
         "ratios": ratio,
         "rate_limit_open_loop": run.rate_limit_open,
+        "validation": validation,
         "bars": {
             **closed_loop_bars(ratio),
+            **validation_bars(validation),
             **rate_limit_open_loop_bars(run.rate_limit_open),
             **{
                 f"{key}.{bar}": outcome
@@ -2141,6 +2844,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     broken = [key for key, v in run.variants.items() if "error" in v]
     if run.rate_limit_open is not None and "error" in run.rate_limit_open:
         broken.append("j open loop")
+    if run.validation_micro is not None and "error" in run.validation_micro:
+        broken.append("n's validator microbenchmark")
     if failed or broken:
         print(f"FAILED: bars {failed or 'none'}; variants in error {broken or 'none'}")
         return 1
