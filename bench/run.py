@@ -179,7 +179,9 @@ BAR_RATE_LIMIT_ADDED_P50_MS = 0.5
 BENCH_IDEMPOTENCY: dict[str, Any] = {}
 #: The floor of the median per-round l/k req/s ratio (the ``idempotency_memory`` bar).
 BAR_IDEMPOTENCY_MEMORY = 0.85
-#: The ceiling of the median per-round n p50 - m p50, in ms (``validation_added_p50``).
+#: The rate of the open loop of POSTs against m and n (``validation_added_p50``).
+VALIDATION_OPEN_RATE = 300.0
+#: The ceiling of n p50 - m p50, in ms (``validation_added_p50``).
 BAR_VALIDATION_ADDED_P50_MS = 0.2
 #: The memory store sweeps expired records on every new key once it holds this many,
 #: and with a 24 h TTL none expire during a run: l's runs should stay well below it
@@ -844,8 +846,27 @@ def validation_cost(
     return out
 
 
-def validation_bars(cost: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """validation_added_p50, when m and n were both measured: the median n - m p50."""
+def validation_bars(
+    cost: dict[str, Any] | None, open_loop: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """validation_added_p50: n p50 - m p50 under the open loop of POSTs when it ran (the
+    latency validation adds to a request); else the closed-loop median, saturated."""
+    if open_loop is not None and "added_p50_ms" in open_loop:
+        value = open_loop["added_p50_ms"]
+        return {
+            "validation_added_p50": {
+                "pass": value <= BAR_VALIDATION_ADDED_P50_MS,
+                "value": value,
+                "rule": (
+                    f"n p50 - m p50 (ms), open loop of POSTs at {open_loop['rate']:g} req/s, "
+                    f"<= {BAR_VALIDATION_ADDED_P50_MS:g}"
+                ),
+                "closed_loop_added_p50_ms": (cost or {}).get("added", {}).get("p50_ms"),
+                "server_cpu_added_us": (cost or {})
+                .get("added", {})
+                .get("server_cpu_us_per_request"),
+            }
+        }
     if cost is None or "p50_ms" not in cost.get("added", {}):
         return {}
     value = cost["added"]["p50_ms"]
@@ -890,6 +911,8 @@ def measure_open_loop(
     duration: float,
     watch: dict[str, list[int]],
     headers: dict[str, str] | None = None,
+    method: str = "GET",
+    body: bytes | None = None,
 ) -> tuple[dict[str, Any], LoadResult]:
     # The warm-up runs on the same connections, inside the measured call; the CPU meter
     # spans it too, which is harmless: it runs at the same rate, and shares are per second.
@@ -897,7 +920,13 @@ def measure_open_loop(
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(
             run_open_loop(
-                url, rate=rate, duration=duration, headers=headers or None, warmup=WARMUP_S
+                url,
+                rate=rate,
+                duration=duration,
+                headers=headers or None,
+                warmup=WARMUP_S,
+                method=method,
+                body=body,
             )
         )
     cpu = meter.finish()
@@ -1782,6 +1811,8 @@ class Run:
     orders: list[list[str]] = field(default_factory=list)
     #: The open loops against j (and d) that time the Redis decisions; None if not run.
     rate_limit_open: dict[str, Any] | None = None
+    #: m and n under an open loop of POSTs: the added p50 at a moderate load.
+    validation_open: dict[str, Any] | None = None
     #: The sample services behind the closed-loop variants, by kind (users, orders).
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     #: m's and n's 2 KB order, and n's validator timed in-process (when n is selected).
@@ -1877,6 +1908,8 @@ class Run:
             self._measure_rounds(targets)
             if "users" in self.upstreams:
                 self._measure_rate_limit_open_loop(targets, self.upstreams["users"].proc)
+            if "orders" in self.upstreams:
+                self._measure_validation_open_loop(targets, self.upstreams["orders"].proc)
         finally:
             for target in targets:
                 if target.proc is not None:
@@ -2369,6 +2402,51 @@ class Run:
                 for figure in ("p50_ms", "p90_ms", "p99_ms")
             }
 
+    def _measure_validation_open_loop(self, targets: Sequence[Target], orders: Proc) -> None:
+        """What validating a 2 KB body adds to a request's latency at a moderate load.
+
+        The closed loop (wrk, 32 connections) keeps the gateway saturated, where any
+        added CPU multiplies into queueing (32 x the added µs). The issue's figure is
+        the latency validation adds to a request, so m and n also run back to back
+        under an open loop of POSTs at VALIDATION_OPEN_RATE req/s; n p50 - m p50 there
+        is the barred figure.
+        """
+        live = {target.key: target for target in targets if target.error is None}
+        if "m" not in live or "n" not in live:
+            return
+        out: dict[str, Any] = {
+            "tool": f"gateway.loadgen open loop of POSTs, {VALIDATION_OPEN_RATE:g} req/s for "
+            f"{self.duration:g}s after a {WARMUP_S:g}s warm-up, m then n",
+            "rate": VALIDATION_OPEN_RATE,
+        }
+        self.validation_open = out
+        try:
+            for key in ("m", "n"):
+                target = live[key]
+                self.say(
+                    f"[{key}] {NAMES[key]}: open loop of POSTs at {VALIDATION_OPEN_RATE:g} req/s"
+                )
+                watch = {"server": target.server_pids, "upstream": [orders.pid]}
+                summary, result = measure_open_loop(
+                    target.url,
+                    VALIDATION_OPEN_RATE,
+                    self.duration,
+                    watch,
+                    {**target.headers, "Content-Type": "application/json"},
+                    method="POST",
+                    body=target.body,
+                )
+                statuses = result.status_counts()
+                if set(statuses) != {"201"}:
+                    raise BenchError(f"{NAMES[key]}: answers other than 201: {statuses}")
+                out[key] = summary
+        except BenchError as exc:
+            self.say(f"[m/n] open loop FAILED: {exc}")
+            out["error"] = str(exc)
+            return
+        out["added_p50_ms"] = round(out["n"]["p50_ms"] - out["m"]["p50_ms"], 3)
+        out["added_p99_ms"] = round(out["n"]["p99_ms"] - out["m"]["p99_ms"], 3)
+
     def _open_loop(self, target: Target, targets: Sequence[Target], users: Proc) -> dict[str, Any]:
         """One open loop against ``target``; for j, the ``ratelimit`` entries' figures."""
         if target.proc is not None and target.proc.popen.poll() is not None:
@@ -2823,9 +2901,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios": ratio,
         "rate_limit_open_loop": run.rate_limit_open,
         "validation": validation,
+        "validation_open_loop": run.validation_open,
         "bars": {
             **closed_loop_bars(ratio),
-            **validation_bars(validation),
+            **validation_bars(validation, run.validation_open),
             **rate_limit_open_loop_bars(run.rate_limit_open),
             **{
                 f"{key}.{bar}": outcome

@@ -246,8 +246,11 @@ async def run_open_loop(
     timeout: float = 5.0,  # noqa: ASYNC109
     on_progress: Callable[[Progress], None] | None = None,
     warmup: float = 0.0,
+    method: str = "GET",
+    body: bytes | None = None,
 ) -> LoadResult:
-    """GET ``url`` at ``rate`` requests per second for ``duration`` seconds.
+    """Send ``method`` (GET; or POST with ``body``) to ``url`` at ``rate`` requests per
+    second for ``duration`` seconds.
 
     Requests are due at ``start + i / rate``; each one's latency runs from that moment
     to the end of its response body. At most ``connections`` requests are on the wire
@@ -277,8 +280,8 @@ async def run_open_loop(
         timeout=aiohttp.ClientTimeout(total=timeout),
     ) as session:
         if warmup > 0:
-            await _schedule(session, url, rate, warmup, None)
-        return await _schedule(session, url, rate, duration, on_progress)
+            await _schedule(session, url, rate, warmup, None, method, body)
+        return await _schedule(session, url, rate, duration, on_progress, method, body)
 
 
 async def _schedule(
@@ -287,6 +290,8 @@ async def _schedule(
     rate: float,
     duration: float,
     on_progress: Callable[[Progress], None] | None,
+    method: str = "GET",
+    body: bytes | None = None,
 ) -> LoadResult:
     total = max(1, round(rate * duration))
     interval = 1.0 / rate
@@ -307,7 +312,7 @@ async def _schedule(
             while (wait := due - _now()) > 0:  # noqa: ASYNC110 - waiting on the clock itself
                 await asyncio.sleep(wait)
             lags.append(_now() - due)
-            tasks.append(loop.create_task(_one(session, url, due, start, counters)))
+            tasks.append(loop.create_task(_one(session, url, due, start, counters, method, body)))
             counters.sent += 1
         samples = list(await asyncio.gather(*tasks))
     finally:
@@ -351,14 +356,20 @@ async def _report_progress(
 
 
 async def _one(
-    session: aiohttp.ClientSession, url: str, due: float, start: float, counters: _Counters
+    session: aiohttp.ClientSession,
+    url: str,
+    due: float,
+    start: float,
+    counters: _Counters,
+    method: str = "GET",
+    body: bytes | None = None,
 ) -> Sample:
     status: int | None = None
     server_timing: str | None = None
     partial: str | None = None
     error: str | None = None
     try:
-        async with session.get(url, allow_redirects=False) as response:
+        async with session.request(method, url, data=body, allow_redirects=False) as response:
             # The whole body is read: a response is not complete until its last byte,
             # and a server that sends headers early must not look faster for it.
             await response.read()

@@ -9,6 +9,7 @@ with one key at the same moment, exactly one gets ``new``.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -44,49 +45,70 @@ class IdempotencyStore(Protocol):
 
 
 class MemoryIdempotencyStore:
+    """Records in a dict, expired in order of expiry from a heap.
+
+    A record is a tuple of plain values with the response serialised to one bytes
+    object: such tuples are not tracked by the garbage collector, so a store of a
+    hundred thousand records does not make every full collection walk them.
+    """
+
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._records: dict[str, tuple[Begun, float]] = {}
+        # key -> (state, fingerprint, serialised response or b"", until)
+        self._records: dict[str, tuple[str, str, bytes, float]] = {}
+        self._expiry: list[tuple[float, str]] = []
 
-    def _live(self, key: str) -> Begun | None:
-        entry = self._records.get(key)
-        if entry is None:
-            return None
-        if entry[1] <= self._clock.monotonic():
-            del self._records[key]
-            return None
-        return entry[0]
+    def _expire(self, now: float) -> None:
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            _, key = heapq.heappop(expiry)
+            record = self._records.get(key)
+            if record is not None and record[3] <= now:
+                del self._records[key]
+
+    def _put(self, key: str, record: tuple[str, str, bytes, float]) -> None:
+        self._records[key] = record
+        heapq.heappush(self._expiry, (record[3], key))
 
     async def begin(self, key: str, fingerprint: str, lock_ttl: float) -> Begun:
-        existing = self._live(key)
-        if existing is not None:
-            return existing
-        if len(self._records) > 100_000:
-            self._sweep()
-        self._records[key] = (Begun("in_flight", fingerprint), self._clock.monotonic() + lock_ttl)
+        now = self._clock.monotonic()
+        self._expire(now)
+        record = self._records.get(key)
+        if record is not None:
+            state, stored_fingerprint, blob, _ = record
+            if state == "done":
+                return Begun("done", stored_fingerprint, _load(blob))
+            return Begun("in_flight", stored_fingerprint)
+        self._put(key, ("in_flight", fingerprint, b"", now + lock_ttl))
         return Begun("new", fingerprint)
 
     async def finish(
         self, key: str, fingerprint: str, response: StoredResponse, ttl: float
     ) -> None:
-        self._records[key] = (Begun("done", fingerprint, response), self._clock.monotonic() + ttl)
+        self._put(key, ("done", fingerprint, _dump(response), self._clock.monotonic() + ttl))
 
     async def abandon(self, key: str, fingerprint: str) -> None:
-        existing = self._live(key)
-        if (
-            existing is not None
-            and existing.state == "in_flight"
-            and existing.fingerprint == fingerprint
-        ):
+        record = self._records.get(key)
+        if record is not None and record[0] == "in_flight" and record[1] == fingerprint:
             del self._records[key]
 
-    def _sweep(self) -> None:
-        now = self._clock.monotonic()
-        for key in [k for k, (_, until) in self._records.items() if until <= now]:
-            del self._records[key]
+    def __len__(self) -> int:
+        return len(self._records)
 
     async def close(self) -> None:
         self._records.clear()
+        self._expiry.clear()
+
+
+def _dump(response: StoredResponse) -> bytes:
+    return orjson.dumps([response.status, response.headers, response.body.hex()])
+
+
+def _load(blob: bytes) -> StoredResponse:
+    status, headers, body = orjson.loads(blob)
+    return StoredResponse(
+        status, tuple((name, value) for name, value in headers), bytes.fromhex(body)
+    )
 
 
 # Take the lock if the key is free; otherwise return what is there. Atomic.
@@ -122,23 +144,12 @@ class RedisIdempotencyStore:
         record = orjson.loads(raw)
         if record["state"] == "in_flight":
             return Begun("in_flight", record["fp"])
-        response = StoredResponse(
-            record["status"],
-            tuple((name, value) for name, value in record["headers"]),
-            bytes.fromhex(record["body"]),
-        )
-        return Begun("done", record["fp"], response)
+        return Begun("done", record["fp"], _load(record["response"].encode()))
 
     async def finish(
         self, key: str, fingerprint: str, response: StoredResponse, ttl: float
     ) -> None:
-        record = {
-            "state": "done",
-            "fp": fingerprint,
-            "status": response.status,
-            "headers": response.headers,
-            "body": response.body.hex(),
-        }
+        record = {"state": "done", "fp": fingerprint, "response": _dump(response).decode()}
         try:
             await self._redis.set(self._prefix + key, orjson.dumps(record), px=int(ttl * 1000))
         except (RedisError, OSError) as exc:
