@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..policies.validation import compile_schema
+from ..policies.schemas import compile_schema
 from ..routing import compile_template
 from ..upstream.urls import placeholders
 from .errors import ConfigError, ConfigIssue

@@ -19,37 +19,14 @@ from typing import Any
 import fastjsonschema
 import orjson
 from aiohttp import web
-from jsonschema import validators
 
 from ..config.model import ValidationSpec
 from ..context import RequestContext
 from ..errors import BadRequest, PayloadTooLarge, UnprocessableContent, UnsupportedMediaType
 from ..pipeline import Handler
+from .schemas import compile_schema
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
-_compiled: dict[bytes, tuple[Callable[[Any], Any], Any]] = {}
-
-
-def compile_schema(schema: dict[str, Any]) -> tuple[Callable[[Any], Any], Any]:
-    """(fast validator, full validator). Raises ``ValueError`` naming the schema path."""
-    key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
-    cached = _compiled.get(key)
-    if cached is not None:
-        return cached
-    full_class = validators.validator_for(schema)
-    try:
-        full_class.check_schema(schema)
-    except Exception as exc:  # jsonschema.SchemaError, with a path into the schema
-        path = "/".join(str(part) for part in getattr(exc, "path", ()))
-        message = getattr(exc, "message", str(exc))
-        raise ValueError(f"invalid schema at /{path}: {message}") from None
-    try:
-        fast = fastjsonschema.compile(schema)
-    except fastjsonschema.JsonSchemaDefinitionException as exc:
-        raise ValueError(f"invalid schema: {exc}") from None
-    compiled = (fast, full_class(schema))
-    _compiled[key] = compiled
-    return compiled
 
 
 class ValidationPolicy:
