@@ -101,3 +101,6 @@ def _check(compiled: tuple[Callable[[Any], Any], Any], document: Any, where: str
 def _escape(part: object) -> str:
     """RFC 6901: '~' and '/' inside a member name."""
     return str(part).replace("~", "~0").replace("/", "~1")
+
+
+__all__ = ["ValidationPolicy", "compile_schema"]
