@@ -1,6 +1,6 @@
 """The benchmark: the gateway against a direct call, a 30-line proxy and nginx.
 
-    python -m bench.run [--duration 10] [--rounds 3] [--only a,b,c,d,d2,e,f,g,h,i,j,k,l,m,n]
+    python -m bench.run [--duration 10] [--rounds 3] [--only a,b,c,d,d2,e,f,g,h,i,j,k,l,m,n,o,p]
 
 Variants (see bench/README.md for the reasoning):
 
@@ -27,16 +27,22 @@ Variants (see bench/README.md for the reasoning):
     m   a POST proxy route to ``POST /orders`` taking a 2 KB JSON order, no validation
     n   the same route with ``validation: {body: <a JSON Schema>}`` (nested objects,
         arrays, patterns, integer bounds) that the 2 KB order satisfies
+    o   d's route with ``cache: {ttl: 60s}`` and ``conditional: {}``, wrk GETting one URL:
+        every request after the first a cache hit; then, after the rounds, an open loop
+        at 500 requests/s for the duration on one URL of a second route of o's gateway,
+        ``cache: {ttl: 2s}`` in front of bench/counting_upstream.py, which counts
+    p   o's route, every request with ``If-None-Match: <the entry's ETag>``: every
+        answer a 304 with no body
     e   the gateway's five-way fan-out, open loop at 200 requests/s
     f   the same with one optional backend slow (500 ms), open loop at 100 requests/s
 
-a to d2 and g to n are closed-loop throughput runs with wrk (``-t1 -c32``; k to n with
+a to d2 and g to p are closed-loop throughput runs with wrk (``-t1 -c32``; k to n with
 a Lua script that POSTs their body). Their servers are all started once and measured in
-interleaved rounds (b, i, d, j, g, h, k, l, n, m, c, d2, a, the order rotated by one
-each round), each wrk run lasting duration/rounds seconds (rounded up, at least 3)
+interleaved rounds (b, o, i, d, j, p, g, h, k, l, n, m, c, d2, a, the order rotated by
+one each round), each wrk run lasting duration/rounds seconds (rounded up, at least 3)
 after a single warm-up run per server. A shared machine's throughput drifts by 10-15 %
 within minutes, so comparing two variants measured minutes apart compares the machine
-too: each ratio (d/b, d/c, d2/b, g/d, h/d, i/d, j/d, l/k, n/m) and n's added latency and
+too: each ratio (d/b, d/c, d2/b, g/d, h/d, i/d, j/d, l/k, n/m, o/d, p/d) and n's added latency and
 CPU (n - m) are computed within each round and the median over the rounds is reported,
 as is each variant's median rps, latency and CPU per request. k to n proxy to a second
 sample service, ``orders``, on the load core next to the ``users`` one. g's key and h's
@@ -46,7 +52,10 @@ tampered one; i and j must answer 200 with ``RateLimit-Policy`` and ``RateLimit`
 also with ``ratelimit;dur=`` in ``Server-Timing``). A run with any non-2xx answer (401s
 and 502s are fast) puts its variant in error, and so does a run of j with fewer Redis
 decisions (EVALSHAs counted by the redis-server) than responses: a request admitted
-without one (``fail_open``) is fast too. k to n must answer 201; l must replay a repeated key
+without one (``fail_open``) is fast too. (wrk counts answers over 399 only, so p's
+304s are accepted; o's and p's second probe GET must be ``Cache-Status: gateway; hit``
+with an ETag, and p's probe, before measuring and after each run, a 304 with no body.)
+k to n must answer 201; l must replay a repeated key
 (``Idempotent-Replayed: true``, no upstream call) and k must not; n must refuse with 422
 a body that breaks its schema, which m passes on; and each run of k to n must have
 created at least one order upstream per response (the orders service numbers them):
@@ -58,7 +67,9 @@ other one. Results are printed and written to bench/results/latest.json.
 
 Bars (the exit status is 1 when one fails): proxy_throughput, the median per-round d/b
 req/s ratio >= 0.9; api_key_auth, g/d >= 0.85; jwt_auth, h/d >= 0.8; rate_limit_memory,
-i/d >= 0.95; rate_limit_redis, j/d >= 0.8; rate_limit_added_p50, the p50 of j's
+i/d >= 0.95; rate_limit_redis, j/d >= 0.8; cache_hit, o/d >= 2.0; not_modified,
+p/d >= 2.0; cache_ttl_upstream_load, the counting upstream's requests during o's TTL
+open loop <= ceil(duration / 2 s) + 1; rate_limit_added_p50, the p50 of j's
 ``ratelimit;dur=`` over its open loop <= 0.5 ms; idempotency_memory, l/k >= 0.85;
 validation_added_p50, the median per-round n p50 - m p50 <= 0.2 ms (closed loop, so
 queueing at 32 connections is in it); the fan-out's p99 <= 15 ms; the slow fan-out's
@@ -112,13 +123,34 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 PYTHON = sys.executable
 HOST = "127.0.0.1"
 
-ALL_VARIANTS = ("a", "b", "c", "d", "d2", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n")
-#: The variants measured with wrk in interleaved rounds: a to j in front of the users
-#: service, k to n in front of the orders service.
-CLOSED_LOOP = ("a", "b", "c", "d", "d2", "g", "h", "i", "j", "k", "l", "m", "n")
+ALL_VARIANTS = (
+    "a",
+    "b",
+    "c",
+    "d",
+    "d2",
+    "e",
+    "f",
+    "g",
+    "h",
+    "i",
+    "j",
+    "k",
+    "l",
+    "m",
+    "n",
+    "o",
+    "p",
+)
+#: The variants measured with wrk in interleaved rounds: a to j, o and p in front of the
+#: users service, k to n in front of the orders service.
+CLOSED_LOOP = ("a", "b", "c", "d", "d2", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p")
 #: The gateway's proxy route, with (g, h) or without (d, d2) authentication, or with a
 #: rate limit (i, j); its POST route to the orders service (k to n).
-GATEWAY_PROXIES = ("d", "d2", "g", "h", "i", "j", "k", "l", "m", "n")
+GATEWAY_PROXIES = ("d", "d2", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p")
+#: d's route with a response cache: every GET a hit (o), every GET with the entry's
+#: ETag in If-None-Match a 304 (p).
+CACHED = ("o", "p")
 #: The POST routes to the orders service: with (l) or without (k) idempotency keys, a
 #: 100-byte body; with (n) or without (m) validation, a 2 KB body.
 ORDERS_VARIANTS = ("k", "l", "m", "n")
@@ -140,6 +172,8 @@ NAMES = {
     "l": "gateway POST route + idempotency (memory)",
     "m": "gateway POST route, 2 KB body",
     "n": "gateway POST route + validation (2 KB)",
+    "o": "gateway proxy route + cache (hits)",
+    "p": "gateway proxy route + cache (304s)",
 }
 KINDS = ("users", "orders", "recommendations", "inventory", "notifications")
 USER_PATH = "/users/42"
@@ -183,6 +217,18 @@ BAR_IDEMPOTENCY_MEMORY = 0.85
 VALIDATION_OPEN_RATE = 300.0
 #: The ceiling of n p50 - m p50, in ms (``validation_added_p50``).
 BAR_VALIDATION_ADDED_P50_MS = 0.2
+#: o's and p's route: d's with a response cache and conditional requests. 60 s outlasts
+#: a round, and a stale entry is revalidated upstream (one request), never refused.
+BENCH_CACHE: dict[str, Any] = {"ttl": "60s"}
+BENCH_CONDITIONAL: dict[str, Any] = {}
+#: The floor of the median per-round o/d and p/d req/s ratios (cache_hit, not_modified).
+BAR_CACHE_SPEEDUP = 2.0
+#: The TTL check, after the rounds: a second route on o's gateway, cached for this long,
+#: in front of bench/counting_upstream.py, under an open loop at this rate on one URL.
+CACHE_TTL_S = 2
+CACHE_TTL_OPEN_RATE = 500.0
+CACHE_TTL_PATH = "/ttl/users/{id}"
+CACHE_TTL_URL_PATH = "/ttl/users/42"
 #: The memory store sweeps expired records on every new key once it holds this many,
 #: and with a 24 h TTL none expire during a run: l's runs should stay well below it
 #: (a warning is printed otherwise). Mirrors gateway/policies/idempotency/store.py.
@@ -606,12 +652,13 @@ def measure_wrk(
 # --- rounds: medians and same-round ratios ------------------------------------------------
 
 #: The order of the closed-loop variants in round 1; each later round starts one further
-#: along (round 2 is i, d, j, g, h, k, l, n, m, c, d2, a, b), so no variant always runs
-#: first (straight after the warm-ups) or always last. d sits between i and j, with b, g
-#: and h next to them, and k next to l, n next to m (the first of each pair alternating),
-#: so that the runs behind the barred comparisons (d/b, g/d, h/d, i/d, j/d, l/k, n - m)
+#: along (round 2 is o, i, d, j, p, g, h, k, l, n, m, c, d2, a, b), so no variant always
+#: runs first (straight after the warm-ups) or always last. d sits between i and j, with
+#: b, o, p, g and h next to them, and k next to l, n next to m (the first of each pair
+#: alternating), so that the runs behind the barred comparisons (d/b, o/d, p/d, g/d,
+#: h/d, i/d, j/d, l/k, n - m)
 #: are as close in time as the rotation allows.
-ROUND_ORDER = ("b", "i", "d", "j", "g", "h", "k", "l", "n", "m", "c", "d2", "a")
+ROUND_ORDER = ("b", "o", "i", "d", "j", "p", "g", "h", "k", "l", "n", "m", "c", "d2", "a")
 #: wrk takes whole seconds, and a run much shorter than this is mostly ramp-up.
 MIN_ROUND_S = 3
 DEFAULT_ROUNDS = 3
@@ -636,6 +683,8 @@ RATIO_PAIRS = (
     ("j", "d"),
     ("l", "k"),
     ("n", "m"),
+    ("o", "d"),
+    ("p", "d"),
 )
 
 
@@ -659,6 +708,8 @@ CLOSED_LOOP_BARS = {
     "rate_limit_memory": RatioBar("i_over_d", 0.95, "i/d"),
     "rate_limit_redis": RatioBar("j_over_d", 0.8, "j/d"),
     "idempotency_memory": RatioBar("l_over_k", BAR_IDEMPOTENCY_MEMORY, "l/k"),
+    "cache_hit": RatioBar("o_over_d", BAR_CACHE_SPEEDUP, "o/d"),
+    "not_modified": RatioBar("p_over_d", BAR_CACHE_SPEEDUP, "p/d"),
 }
 
 
@@ -913,6 +964,7 @@ def measure_open_loop(
     headers: dict[str, str] | None = None,
     method: str = "GET",
     body: bytes | None = None,
+    warmup: float = WARMUP_S,
 ) -> tuple[dict[str, Any], LoadResult]:
     # The warm-up runs on the same connections, inside the measured call; the CPU meter
     # spans it too, which is harmless: it runs at the same rate, and shares are per second.
@@ -924,7 +976,7 @@ def measure_open_loop(
                 rate=rate,
                 duration=duration,
                 headers=headers or None,
-                warmup=WARMUP_S,
+                warmup=warmup,
                 method=method,
                 body=body,
             )
@@ -1014,6 +1066,8 @@ def proxy_gateway_config(
     auth: str | None = None,
     token_ttl_s: int = MIN_TOKEN_TTL_S,
     rate_limits: dict[str, Any] | None = None,
+    cache: dict[str, Any] | None = None,
+    ttl_upstream: str | None = None,
 ) -> Path:
     """d's route (d2 with an access log); with ``auth`` (api_key or jwt), g's or h's.
 
@@ -1025,6 +1079,11 @@ def proxy_gateway_config(
     With ``rate_limits`` (the top-level section: its store), i's or j's: d's route with
     ``rate_limit: BENCH_ROUTE_LIMIT``, a limit decided on every request that never
     refuses, and the defaults otherwise (``on_store_down: fail_open``).
+
+    With ``cache`` (the route's ``cache:``), o's and p's: d's route with ``cache:`` and
+    ``conditional: {}``, the process's ``cache:`` section at its defaults. With
+    ``ttl_upstream`` too, a second route, CACHE_TTL_PATH cached for CACHE_TTL_S, in
+    front of that (counting) users service: the TTL check's.
     """
     route: dict[str, Any] = {"name": "users", "path": "/users/{id}", "methods": ["GET"]}
     extra: dict[str, Any] = {}
@@ -1048,14 +1107,26 @@ def proxy_gateway_config(
                 "algorithm": "ES256",
             }
         extra["auth"] = spec
+    if cache is not None:
+        route["cache"] = cache
+        route["conditional"] = BENCH_CONDITIONAL
+        extra["cache"] = {}
     route["proxy"] = {"upstream": "users", "timeout": "5s"}
+    routes = [route]
+    upstreams: dict[str, Any] = {"users": {"targets": [upstream]}}
+    if ttl_upstream is not None:
+        routes.append(
+            {
+                "name": "users-ttl",
+                "path": CACHE_TTL_PATH,
+                "methods": ["GET"],
+                "cache": {"ttl": f"{CACHE_TTL_S}s"},
+                "proxy": {"upstream": "counting", "path": "/users/{id}", "timeout": "5s"},
+            }
+        )
+        upstreams["counting"] = {"targets": [ttl_upstream]}
     return write_gateway_config(
-        folder,
-        port,
-        routes=[route],
-        access_log=access_log,
-        **extra,
-        upstreams={"users": {"targets": [upstream]}},
+        folder, port, routes=routes, access_log=access_log, **extra, upstreams=upstreams
     )
 
 
@@ -1580,6 +1651,54 @@ def post(
         raise BenchError(f"POST {url} failed: {exc}") from exc
 
 
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One GET: status, headers, body (304 and error statuses too)."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers.items()), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+    except OSError as exc:
+        raise BenchError(f"GET {url} failed: {exc}") from exc
+
+
+def upstream_count(origin: str) -> int:
+    """Requests bench/counting_upstream.py has answered so far (its /count is not one)."""
+    status, _, raw = fetch(origin + "/count")
+    try:
+        count = json.loads(raw).get("requests") if status == 200 else None
+    except ValueError:
+        count = None
+    if not isinstance(count, int):
+        raise BenchError(f"the counting upstream answered {status}: {raw[:200]!r}")
+    return count
+
+
+def cache_ttl_limit(duration: float) -> int:
+    """The most upstream requests one key may cost over ``duration``: one per TTL, plus
+    one for a refresh that straddles the run's edge."""
+    return math.ceil(duration / CACHE_TTL_S - 1e-9) + 1
+
+
+def cache_ttl_bars(measured: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """cache_ttl_upstream_load, when the TTL check ran: upstream requests <= the limit."""
+    if measured is None or "upstream_requests" not in measured:
+        return {}
+    value = measured["upstream_requests"]
+    return {
+        "cache_ttl_upstream_load": {
+            "pass": value <= measured["limit"],
+            "value": value,
+            "rule": (
+                f"upstream requests for one key under an open loop at {measured['rate']:g} "
+                f"req/s for {measured['duration_s']:g}s, ttl {CACHE_TTL_S}s, <= "
+                f"ceil(duration / ttl) + 1 = {measured['limit']}"
+            ),
+        }
+    }
+
+
 _ORDER_ID = re.compile(r"^ord_(\d+)$")
 
 
@@ -1772,6 +1891,10 @@ class Target:
     wrk_runs: int = 0
     #: Requests answered in the warm-up run (l: records it left in the memory store).
     warmup_requests: int | None = None
+    #: The status every answer must have: 200, or p's 304 (its If-None-Match matches).
+    status: int = 200
+    #: o, p: the Cache-Status of the probe's second GET (a hit).
+    cache_status: str | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
 
@@ -1818,6 +1941,8 @@ class Run:
     #: m's and n's 2 KB order, and n's validator timed in-process (when n is selected).
     order: dict[str, Any] = field(default_factory=large_order)
     validation_micro: dict[str, Any] | None = None
+    #: The TTL check on o's gateway: upstream requests under an open loop; None if not run.
+    cache_ttl: dict[str, Any] | None = None
 
     @property
     def order_body(self) -> bytes:
@@ -1897,6 +2022,12 @@ class Run:
                 command = services_command({kind: port}, "0ms", "0ms")
                 proc = self.procs.start(kind, self.cores.wrap(command, self.cores.load))
                 self.upstreams[kind] = Upstream(kind, proc, port)
+            if "o" in self.only:
+                # The TTL check's upstream, which counts what reaches it.
+                port = self.port()
+                command = [PYTHON, "-m", "bench.counting_upstream", "--port", str(port)]
+                proc = self.procs.start("counting", self.cores.wrap(command, self.cores.load))
+                self.upstreams["counting"] = Upstream("counting", proc, port)
             for upstream in self.upstreams.values():
                 wait_ready(upstream.proc, upstream.port)
                 self.record_pinning(upstream.proc, "upstream (load core)")
@@ -1906,6 +2037,8 @@ class Run:
                 orders_made(self.upstreams["orders"].origin)  # it answers POST /orders 201
             targets = self._start_targets()
             self._measure_rounds(targets)
+            if "counting" in self.upstreams:
+                self._measure_cache_ttl(targets, self.upstreams["counting"])
             if "users" in self.upstreams:
                 self._measure_rate_limit_open_loop(targets, self.upstreams["users"].proc)
             if "orders" in self.upstreams:
@@ -1997,15 +2130,27 @@ class Run:
                 command = nginx_command(self.workdir / "nginx", port, upstream_port)
                 proc = self.start_server("nginx", command)
             else:
-                name = "gateway" if key == "d" else "gateway-log"
+                name = {
+                    "d": "gateway",
+                    "d2": "gateway-log",
+                    "o": "gateway-cache",
+                    "p": "gateway-cache-304",
+                }[key]
                 if key == "d2":
                     access_log = self.workdir / name / "access.log"
+                counting = self.upstreams.get("counting")
                 config = proxy_gateway_config(
-                    self.workdir / name, port, upstream, str(access_log or "off")
+                    self.workdir / name,
+                    port,
+                    upstream,
+                    str(access_log or "off"),
+                    cache=BENCH_CACHE if key in CACHED else None,
+                    ttl_upstream=counting.origin if key == "o" and counting else None,
                 )
                 command = [PYTHON, "-m", "gateway", "run", "-c", str(config)]
                 proc = self.start_server(name, command)
-            targets.append(Target(key, url, port, proc, access_log))
+            status = 304 if key == "p" else 200
+            targets.append(Target(key, url, port, proc, access_log, status=status))
         for target in targets:
             if target.error is not None:
                 continue
@@ -2158,6 +2303,9 @@ class Run:
             token = fetch_token(token_url, target.client, self.token_ttl_s / 2)
             target.headers = {"Authorization": f"Bearer {token}"}
         what = NAMES[target.key]
+        if target.key in CACHED:
+            self._check_cached(target)
+            return
         decided = target.redis.decisions() if target.redis is not None else 0
         headers = expect_ok(target.url, what, target.headers)
         if target.key in GATEWAY_PROXIES and "Server-Timing" not in headers:
@@ -2173,6 +2321,42 @@ class Run:
                 expect_status(target.url, f"{what}, with {forgery}", 401, forged)
             # ...and still accepted afterwards (nothing above spoilt a cache).
             expect_ok(target.url, what, target.headers)
+
+    def _check_cached(self, target: Target) -> None:
+        """o and p: the first GET is stored, the second is a hit with an ETag; p then
+        sends that ETag in If-None-Match, which must answer 304 with no body.
+
+        A route that stored nothing (a 200 from the upstream each time), or a p whose
+        tag matched nothing (full 200s), would otherwise be measured as the cache.
+        """
+        what = NAMES[target.key]
+        first = expect_ok(target.url, what)
+        if "Server-Timing" not in first:
+            raise BenchError("the gateway's answer has no Server-Timing: not the gateway?")
+        second = {name.lower(): value for name, value in expect_ok(target.url, what).items()}
+        cache_status = second.get("cache-status", "")
+        if not cache_status.startswith("gateway; hit"):
+            raise BenchError(
+                f"{what}: the second GET is not a hit (Cache-Status: {cache_status!r})"
+            )
+        etag = second.get("etag")
+        if not etag:
+            raise BenchError(f"{what}: the cached answer has no ETag")
+        target.cache_status = cache_status
+        if target.key != "p":
+            return
+        target.headers = {"If-None-Match": etag}
+        self._check_not_modified(target)
+
+    @staticmethod
+    def _check_not_modified(target: Target) -> None:
+        """p's request (If-None-Match: the entry's ETag) answers 304 with no body."""
+        status, _, body = fetch(target.url, target.headers)
+        if status != 304 or body:
+            raise BenchError(
+                f"{NAMES[target.key]}: If-None-Match: {target.headers['If-None-Match']} "
+                f"answered {status} with {len(body)} bytes, expected 304 with none"
+            )
 
     def _measure_rounds(self, targets: list[Target]) -> None:
         live = {target.key: target for target in targets if target.error is None}
@@ -2253,10 +2437,16 @@ class Run:
         if upstream.proc.popen.poll() is not None:
             raise BenchError(_exited(upstream.proc, "during this run"))
         if result["non_2xx"]:
+            # wrk counts the answers with a status over 399 ("Non-2xx or 3xx"): 200s
+            # and p's 304s are never in it; any 4xx or 5xx puts the variant in error.
             hint = ": was the credential refused?" if target.headers else ""
+            expected = "2xx" if target.status == 200 else f"2xx or {target.status}"
             raise BenchError(
-                f"{result['non_2xx']} of {result['requests']} responses were not 2xx{hint}"
+                f"{result['non_2xx']} of {result['requests']} responses were not {expected}{hint}"
             )
+        if target.status == 304:
+            # Still 304 after the run: the entry did not expire or change mid-run.
+            self._check_not_modified(target)
         if upstream.kind == "orders":
             # Minus the probe's own order; requests in flight when wrk stopped reached
             # the upstream too, so there may be a few more orders, never fewer.
@@ -2308,7 +2498,14 @@ class Run:
             f"{len(target.runs)} of {self.rounds} rounds"
         )
         result["url"] = target.url
-        if target.headers:
+        if target.key in CACHED:
+            result["cache"] = BENCH_CACHE
+            result["conditional"] = BENCH_CONDITIONAL
+            result["probe_cache_status"] = target.cache_status
+            result["expected_status"] = target.status
+            if target.headers:
+                result["if_none_match"] = target.headers.get("If-None-Match")
+        elif target.headers:
             # Which header carried the credential; never the credential itself.
             result["credential_header"] = next(iter(target.headers))
         if target.rate_limits is not None:
@@ -2401,6 +2598,57 @@ class Run:
                 }
                 for figure in ("p50_ms", "p90_ms", "p99_ms")
             }
+
+    def _measure_cache_ttl(self, targets: Sequence[Target], counting: Upstream) -> None:
+        """At most one upstream request per TTL per key under load.
+
+        After the rounds, on o's gateway: an open loop at CACHE_TTL_OPEN_RATE req/s for
+        ``duration`` seconds (no warm-up: the first request is the key's first miss)
+        against one URL of the CACHE_TTL_S route, while the counting upstream's own
+        counter tells how many requests reached it.
+        """
+        live = {target.key: target for target in targets if target.error is None}
+        url_path = CACHE_TTL_URL_PATH
+        out: dict[str, Any] = {
+            "tool": f"gateway.loadgen open loop, {CACHE_TTL_OPEN_RATE:g} req/s for "
+            f"{self.duration:g}s, no warm-up, one URL ({url_path}) on o's gateway",
+            "rate": CACHE_TTL_OPEN_RATE,
+            "duration_s": self.duration,
+            "ttl_s": CACHE_TTL_S,
+            "limit": cache_ttl_limit(self.duration),
+        }
+        self.cache_ttl = out
+        o = live.get("o")
+        if o is None:
+            out["skipped"] = "o is in error"
+            return
+        url = f"http://{HOST}:{o.port}{url_path}"
+        self.say(
+            f"[o] cache TTL ({CACHE_TTL_S}s): open loop at {CACHE_TTL_OPEN_RATE:g} req/s "
+            f"for {self.duration:g}s on one key"
+        )
+        try:
+            if o.proc is not None and o.proc.popen.poll() is not None:
+                raise BenchError(_exited(o.proc, "before the TTL check"))
+            before = upstream_count(counting.origin)
+            watch = {"server": o.server_pids, "upstream": [counting.proc.pid]}
+            summary, result = measure_open_loop(
+                url, CACHE_TTL_OPEN_RATE, self.duration, watch, warmup=0.0
+            )
+            if counting.proc.popen.poll() is not None:
+                raise BenchError(_exited(counting.proc, "during the TTL check"))
+            made = upstream_count(counting.origin) - before
+            statuses = result.status_counts()
+            if set(statuses) != {"200"}:
+                raise BenchError(f"the TTL route answered other than 200: {statuses}")
+            if made < 1:
+                raise BenchError("no request reached the counting upstream: not proxied?")
+        except BenchError as exc:
+            self.say(f"[o] TTL check FAILED: {exc}")
+            out["error"] = str(exc)
+            return
+        out.update({k: v for k, v in summary.items() if k not in ("tool", "rate")})
+        out["upstream_requests"] = made
 
     def _measure_validation_open_loop(self, targets: Sequence[Target], orders: Proc) -> None:
         """What validating a 2 KB body adds to a request's latency at a moderate load.
@@ -2603,6 +2851,8 @@ def print_table(report: dict[str, Any]) -> None:
         print_validation(report)
     if report.get("rate_limit_open_loop") is not None:
         print_rate_limit_open_loop(report)
+    if report.get("cache_ttl") is not None:
+        print_cache_ttl(report)
     if any(key in variants for key in ("e", "f")):
         print_open_loop(report)
     if report["noise"]["noisy"]:
@@ -2764,6 +3014,27 @@ def print_rate_limit_open_loop(report: dict[str, Any]) -> None:
     print()
 
 
+def print_cache_ttl(report: dict[str, Any]) -> None:
+    measured: dict[str, Any] = report["cache_ttl"]
+    print(f"Cache TTL ({measured['tool']}, ttl {measured['ttl_s']}s)")
+    for reason in ("skipped", "error"):
+        if reason in measured:
+            print(f"  {reason}: {measured[reason]}")
+    if "upstream_requests" in measured:
+        print(
+            f"  {measured['requests']} responses (achieved {measured['achieved_rate']:g} "
+            f"req/s, p50 {measured['p50_ms']:.2f}  p99 {measured['p99_ms']:.2f} ms), "
+            f"{measured['upstream_requests']} upstream requests (limit {measured['limit']})"
+        )
+    outcome = report["bars"].get("cache_ttl_upstream_load")
+    if outcome is not None:
+        print(
+            f"  bar cache_ttl_upstream_load ({outcome['rule']}): "
+            f"{'PASS' if outcome['pass'] else 'FAIL'} ({outcome['value']})"
+        )
+    print()
+
+
 def _rounds(ratio: dict[str, Any], figure: str) -> str:
     """The per-round values behind a median ratio, e.g. ``[0.91 0.95 0.93]``."""
     return "[" + " ".join(f"{value:.2f}" for value in ratio["per_round"][figure]) + "]"
@@ -2817,23 +3088,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--duration",
         type=float,
         default=10.0,
-        help="seconds measured per variant (10); the closed-loop variants (a to d2, g to n) "
+        help="seconds measured per variant (10); the closed-loop variants (a to d2, g to p) "
         "split them over the rounds; the open loops (e, f, j's and d's at "
-        f"{RATE_LIMIT_OPEN_RATE:g} req/s) last that long after a {WARMUP_S:g} s warm-up; "
+        f"{RATE_LIMIT_OPEN_RATE:g} req/s) last that long after a {WARMUP_S:g} s warm-up, "
+        f"o's TTL check ({CACHE_TTL_OPEN_RATE:g} req/s, one key) that long without one; "
         "a full run with the defaults takes about 4 minutes",
     )
     parser.add_argument(
         "--rounds",
         type=int,
         default=DEFAULT_ROUNDS,
-        help=f"interleaved rounds of the closed-loop variants a to d2, g to n ({DEFAULT_ROUNDS}); "
+        help=f"interleaved rounds of the closed-loop variants a to d2, g to p ({DEFAULT_ROUNDS}); "
         f"each wrk run lasts duration/rounds s, rounded up, at least {MIN_ROUND_S} s",
     )
     parser.add_argument(
         "--only",
         default=",".join(ALL_VARIANTS),
-        help="comma-separated variants (all: %(default)s); g to j, like b to d2, also "
-        "start the users service, k to n the orders service; j also starts a private "
+        help="comma-separated variants (all: %(default)s); g to j, o and p, like b to d2, "
+        "also start the users service, k to n the orders service; o also starts "
+        "bench/counting_upstream.py and, after the rounds, its TTL check; j also starts a private "
         "redis-server ($REDIS_SERVER or redis-server on PATH) and, after the rounds, the "
         "open loops against j and d; n also times its validator in-process",
     )
@@ -2850,7 +3123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if shutil.which("wrk") is None and set(only) & set(CLOSED_LOOP):
-        parser.error("wrk is not on PATH (variants a to d2 and g to n need it)")
+        parser.error("wrk is not on PATH (variants a to d2 and g to p need it)")
 
     # SIGTERM (a CI timeout, `kill`) must unwind through the finally blocks like Ctrl-C.
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -2902,10 +3175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rate_limit_open_loop": run.rate_limit_open,
         "validation": validation,
         "validation_open_loop": run.validation_open,
+        "cache_ttl": run.cache_ttl,
         "bars": {
             **closed_loop_bars(ratio),
             **validation_bars(validation, run.validation_open),
             **rate_limit_open_loop_bars(run.rate_limit_open),
+            **cache_ttl_bars(run.cache_ttl),
             **{
                 f"{key}.{bar}": outcome
                 for key in ("e", "f")
@@ -2923,6 +3198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     broken = [key for key, v in run.variants.items() if "error" in v]
     if run.rate_limit_open is not None and "error" in run.rate_limit_open:
         broken.append("j open loop")
+    if run.cache_ttl is not None and "error" in run.cache_ttl:
+        broken.append("o's TTL check")
     if run.validation_micro is not None and "error" in run.validation_micro:
         broken.append("n's validator microbenchmark")
     if failed or broken:
