@@ -18,16 +18,18 @@ _ETAG = re.compile(r'\s*(W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
 
 #: Headers a 304 carries over from the 200 it stands for (RFC 9110 section 15.4.5),
 #: plus the cache's own Age and Cache-Status (RFC 9111, RFC 9211).
-NOT_MODIFIED_HEADERS = (
-    "Age",
-    "Cache-Control",
-    "Cache-Status",
-    "Content-Location",
-    "Date",
-    "ETag",
-    "Expires",
-    "Last-Modified",
-    "Vary",
+NOT_MODIFIED_HEADERS = frozenset(
+    {
+        "Age",
+        "Cache-Control",
+        "Cache-Status",
+        "Content-Location",
+        "Date",
+        "ETag",
+        "Expires",
+        "Last-Modified",
+        "Vary",
+    }
 )
 
 

@@ -30,6 +30,7 @@ from ...context import Clock, RequestContext
 from ...errors import GatewayError
 from ...pipeline import Handler
 from ...upstream.urls import UrlTemplate
+from ..conditional_spec import NOT_MODIFIED_HEADERS, none_match
 from .spec import directives, freshness_lifetime, initial_age, stale_window, storable, vary_names
 from .store import Entry, ResponseStore
 
@@ -49,6 +50,7 @@ _NOT_STORED = frozenset(
     }
 )
 _CONDITIONAL = ("If-None-Match", "If-Modified-Since")
+_NOT_MODIFIED = frozenset(name.lower() for name in NOT_MODIFIED_HEADERS)
 
 
 class ResponseCache:
@@ -129,7 +131,15 @@ class CachePolicy:
             age = entry.age(now)
             if age < entry.lifetime and "no-cache" not in entry.directives:
                 cache.count("hit")
-                return _serve(entry, now, f"hit; ttl={int(entry.lifetime - age)}", ctx)
+                status = f"hit; ttl={int(entry.lifetime - age)}"
+                if_none_match = ctx.request.headers.get("If-None-Match")
+                if if_none_match is not None and (
+                    if_none_match.strip() == "*" or none_match(if_none_match, entry.etag)
+                ):
+                    # The client's copy is current: answer 304 from the entry directly,
+                    # without building the full response first.
+                    return _not_modified(entry, now, status)
+                return _serve(entry, now, status, ctx)
             staleness = age - entry.lifetime
             if 0 <= staleness < stale_window(entry.directives, "stale-while-revalidate"):
                 cache.count("stale_while_revalidate")
@@ -318,6 +328,17 @@ def _serve(entry: Entry, now: float, status: str, ctx: RequestContext) -> web.Re
         response.headers["Content-Length"] = str(len(entry.body))
     response.headers["Age"] = str(int(entry.age(now)))
     response.headers["Cache-Status"] = f"gateway; {status}"
+    return response
+
+
+def _not_modified(entry: Entry, now: float, status: str) -> web.Response:
+    response = web.Response(status=304)
+    headers = response.headers
+    for name, value in entry.headers:
+        if name.lower() in _NOT_MODIFIED:
+            headers.add(name, value)
+    headers["Age"] = str(int(entry.age(now)))
+    headers["Cache-Status"] = f"gateway; {status}"
     return response
 
 
