@@ -200,11 +200,7 @@ async def _keys_list(
 async def _keys_revoke(
     args: argparse.Namespace, store: CredentialStore, peppers: Peppers, loaded: LoadedConfig
 ) -> int:
-    if await store.revoke_api_key(args.key_id, time.time()):
-        print(f"revoked {args.key_id}", file=sys.stderr)
-        return 0
-    print(f"no live key {args.key_id}", file=sys.stderr)
-    return 1
+    return _revoked(await store.revoke_api_key(args.key_id, time.time()), "key", args.key_id)
 
 
 async def _keys_rotate(
@@ -264,11 +260,13 @@ async def _clients_list(
 async def _clients_revoke(
     args: argparse.Namespace, store: CredentialStore, peppers: Peppers, loaded: LoadedConfig
 ) -> int:
-    if await store.revoke_client(args.client_id, time.time()):
-        print(f"revoked {args.client_id}", file=sys.stderr)
-        return 0
-    print(f"no live client {args.client_id}", file=sys.stderr)
-    return 1
+    revoked = await store.revoke_client(args.client_id, time.time())
+    return _revoked(revoked, "client", args.client_id)
+
+
+def _revoked(done: bool, what: str, identifier: str) -> int:
+    print(f"revoked {identifier}" if done else f"no live {what} {identifier}", file=sys.stderr)
+    return 0 if done else 1
 
 
 async def _pepper_rotate(
