@@ -134,7 +134,10 @@ class CachePolicy:
                 status = f"hit; ttl={int(entry.lifetime - age)}"
                 if_none_match = ctx.request.headers.get("If-None-Match")
                 if if_none_match is not None and (
-                    if_none_match.strip() == "*" or none_match(if_none_match, entry.etag)
+                    # The usual case first: the client sends back exactly our tag.
+                    if_none_match == entry.etag
+                    or if_none_match.strip() == "*"
+                    or none_match(if_none_match, entry.etag)
                 ):
                     # The client's copy is current: answer 304 from the entry directly,
                     # without building the full response first.
@@ -332,11 +335,15 @@ def _serve(entry: Entry, now: float, status: str, ctx: RequestContext) -> web.Re
 
 
 def _not_modified(entry: Entry, now: float, status: str) -> web.Response:
+    validators = entry.validators
+    if validators is None:
+        validators = entry.validators = tuple(
+            (name, value) for name, value in entry.headers if name.lower() in _NOT_MODIFIED
+        )
     response = web.Response(status=304)
     headers = response.headers
-    for name, value in entry.headers:
-        if name.lower() in _NOT_MODIFIED:
-            headers.add(name, value)
+    for name, value in validators:
+        headers.add(name, value)
     headers["Age"] = str(int(entry.age(now)))
     headers["Cache-Status"] = f"gateway; {status}"
     return response
@@ -351,6 +358,7 @@ def _freshen(entry: Entry, not_modified: web.StreamResponse, now: float) -> None
         if value is not None:
             updated[name] = value
     entry.headers = tuple(updated.items())
+    entry.validators = None
     entry.directives = directives(updated.get("Cache-Control"))
     entry.etag = updated.get("ETag")
     entry.stored_at = now

@@ -30,6 +30,8 @@ class Entry:
     #: Its age when stored (the upstream's Age header).
     initial_age: float
     lifetime: float
+    #: The headers a 304 for this entry carries, picked out once (see policy).
+    validators: tuple[tuple[str, str], ...] | None = None
 
     @property
     def size(self) -> int:
