@@ -32,6 +32,9 @@ class Entry:
     lifetime: float
     #: The headers a 304 for this entry carries, picked out once (see policy).
     validators: tuple[tuple[str, str], ...] | None = None
+    #: The upstream's own ETag, the only one worth revalidating with (``etag`` may be
+    #: one the gateway computed from the body).
+    upstream_etag: str | None = None
 
     @property
     def size(self) -> int:
