@@ -8,6 +8,9 @@
      +-- MethodNotAllowed            405 a route has the path, not the method (``Allow``)
      +-- PreconditionFailed          412 If-Match does not hold
      +-- PayloadTooLarge             413
+     +-- NotAcceptable               406 a media type (API version) nobody serves
+     +-- Conflict                    409 the same idempotency key is in flight
+     +-- Gone                        410 an API version past its sunset
      +-- UnsupportedMediaType        415 a Content-Type the route does not accept
      +-- UnprocessableContent        422 parses, but breaks the route's schema
      +-- PreconditionRequired        428 the route requires If-Match on writes
@@ -88,6 +91,24 @@ class MethodNotAllowed(GatewayError):
 
     def __init__(self, detail: str, *, allow: tuple[str, ...]) -> None:
         super().__init__(detail, headers={"Allow": ", ".join(allow)})
+
+
+class NotAcceptable(GatewayError):
+    status = 406
+    title = "Not acceptable"
+    slug = "not-acceptable"
+
+
+class Conflict(GatewayError):
+    status = 409
+    title = "Conflict"
+    slug = "conflict"
+
+
+class Gone(GatewayError):
+    status = 410
+    title = "Gone"
+    slug = "gone"
 
 
 class PreconditionFailed(GatewayError):

@@ -20,6 +20,7 @@ import fastjsonschema
 import orjson
 from aiohttp import web
 
+from ..bodies import BodyTooLarge, read_bounded
 from ..config.model import ValidationSpec
 from ..context import RequestContext
 from ..errors import BadRequest, PayloadTooLarge, UnprocessableContent, UnsupportedMediaType
@@ -57,16 +58,10 @@ class ValidationPolicy:
             raise UnsupportedMediaType(
                 f"this route takes {accepted}, not {content_type or 'no type'}"
             )
-        if request.content_length is not None and request.content_length > self._max:
-            raise PayloadTooLarge(f"the body is over {self._max} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := await request.content.read(self._max + 1 - size):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > self._max:
-                raise PayloadTooLarge(f"the body is over {self._max} bytes")
-        raw = b"".join(chunks)
+        try:
+            raw = await read_bounded(request, self._max)
+        except BodyTooLarge:
+            raise PayloadTooLarge(f"the body is over {self._max} bytes") from None
         try:
             document = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

@@ -26,22 +26,10 @@ from aiohttp import web
 
 from ..config.model import ApiSpec, VersionSpec
 from ..context import Clock, RequestContext
-from ..errors import BadRequest, GatewayError, NotFound
+from ..errors import BadRequest, Gone, NotAcceptable, NotFound
 from ..pipeline import Handler
 
 _VERSION = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
-
-
-class Gone(GatewayError):
-    status = 410
-    title = "Gone"
-    slug = "version-gone"
-
-
-class NotAcceptable(GatewayError):
-    status = 406
-    title = "Not acceptable"
-    slug = "version-not-acceptable"
 
 
 def _epoch(day: datetime.date) -> int:

@@ -26,8 +26,9 @@ class InvalidCredential(Exception):
     """Why a credential was refused, in words safe to send back to the client."""
 
 
-class CredentialStoreDown(Exception):
-    """The store could not be asked and nothing cached can answer."""
+class CredentialsUnavailable(Exception):
+    """Credentials cannot be checked now (the store, or an issuer's JWKS, is out of
+    reach) and nothing cached can answer: 503, never 401."""
 
 
 _NEGATIVE_LIMIT = 100_000
@@ -130,12 +131,12 @@ class ApiKeyVerifier:
                 consumer = await self._store.get_consumer(record.consumer_id)
                 entry = (record, consumer.plan if consumer else self._default_plan)
         except StoreError as exc:
-            future.set_exception(CredentialStoreDown(str(exc)))
+            future.set_exception(CredentialsUnavailable(str(exc)))
             future.exception()  # retrieved here: waiters re-raise it themselves
             if cached is not None:
                 # A stale positive answer beats refusing every caller during an outage.
                 return cached[0]
-            raise CredentialStoreDown("the credential store is unavailable") from exc
+            raise CredentialsUnavailable("the credential store is unavailable") from exc
         finally:
             del self._pending[key_id]
         future.set_result(entry)

@@ -24,7 +24,7 @@ import orjson
 
 from ...config.model import JwksSpec
 from ...context import Clock
-from .api_keys import CredentialStoreDown
+from .api_keys import CredentialsUnavailable
 from .keys import VerificationKey, from_jwk
 
 log = logging.getLogger("gateway.jwks")
@@ -59,7 +59,7 @@ class RemoteJwks:
 
     async def key(self, kid: str | None) -> VerificationKey | None:
         """The key for ``kid``, None if the issuer has no such key; raises
-        ``CredentialStoreDown`` when no key set could ever be fetched."""
+        ``CredentialsUnavailable`` when no key set could ever be fetched."""
         keys = self._keys
         cooling = self._clock.monotonic() - self._last_attempt < self._spec.cooldown
         if keys is not None:
@@ -69,12 +69,12 @@ class RemoteJwks:
         elif cooling and (self._fetching is None or self._fetching.done()):
             # Never fetched and the last attempt failed moments ago: do not refetch
             # for every request while the endpoint is down.
-            raise CredentialStoreDown(f"the keys at {self.url} cannot be fetched")
+            raise CredentialsUnavailable(f"the keys at {self.url} cannot be fetched")
         # Unknown kid past the cooldown, or nothing fetched yet: one shared fetch.
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(self._fetch_once()), self._spec.timeout)
         if self._keys is None:
-            raise CredentialStoreDown(f"the keys at {self.url} cannot be fetched")
+            raise CredentialsUnavailable(f"the keys at {self.url} cannot be fetched")
         return _pick(self._keys, kid)
 
     def _fetch_once(self) -> asyncio.Task[None]:

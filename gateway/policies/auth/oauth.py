@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, unquote
 import orjson
 from aiohttp import web
 
+from ...bodies import BodyTooLarge, read_bounded
 from ...config.model import OAuthSpec
 from ...context import Clock, RequestContext
 from ...stores.base import CredentialStore, StoreError
@@ -84,16 +85,10 @@ class TokenEndpoint:
     async def _issue(self, request: web.BaseRequest) -> web.Response:
         if request.content_type != _FORM:
             raise OAuthError("invalid_request", f"the body must be {_FORM}")
-        if request.content_length is not None and request.content_length > _MAX_BODY:
-            raise OAuthError("invalid_request", "the request body is too large")
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := await request.content.read(_MAX_BODY + 1 - size):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > _MAX_BODY:
-                raise OAuthError("invalid_request", "the request body is too large")
-        raw = b"".join(chunks)
+        try:
+            raw = await read_bounded(request, _MAX_BODY)
+        except BodyTooLarge:
+            raise OAuthError("invalid_request", "the request body is too large") from None
         form = _parse_form(raw)
         grant_type = form.get("grant_type")
         if grant_type is None:

@@ -20,7 +20,7 @@ from ...config.model import IdentityHeadersSpec, ScopesSpec
 from ...context import Consumer, RequestContext
 from ...errors import Forbidden, ServiceUnavailable, Unauthorized
 from ...pipeline import Handler
-from .api_keys import ApiKeyVerifier, CredentialStoreDown, InvalidCredential
+from .api_keys import ApiKeyVerifier, CredentialsUnavailable, InvalidCredential
 from .jwt_verify import JwtVerifier
 from .secrets import API_KEY_PREFIX, parse_api_key
 
@@ -36,7 +36,7 @@ class Method(Protocol):
         """Keep the credential this method read from reaching the upstream."""
 
     async def authenticate(self, credential: str) -> Consumer:
-        """Raises ``InvalidCredential`` or ``CredentialStoreDown``."""
+        """Raises ``InvalidCredential`` or ``CredentialsUnavailable``."""
 
 
 def _bearer(request: web.BaseRequest) -> str | None:
@@ -204,7 +204,7 @@ class AuthPolicy:
                     challenge=f'{REALM}, error="invalid_token", '
                     f'error_description="{_quoted_string(reason)}"',
                 ) from None
-            except CredentialStoreDown:
+            except CredentialsUnavailable:
                 # The client did nothing wrong: the store or an issuer's keys are out
                 # of reach. 503, never 401.
                 raise ServiceUnavailable(

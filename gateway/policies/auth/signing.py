@@ -162,7 +162,3 @@ class SigningKeys:
     @property
     def jwks_document(self) -> bytes:
         return self._jwks
-
-    @property
-    def active_kid(self) -> str | None:
-        return self._active[0] if self._active else None

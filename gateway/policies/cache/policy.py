@@ -2,8 +2,9 @@
 
 Per GET/HEAD on a cached route:
 - a fresh entry for this scope and these varied headers is a hit (``Age`` and
-  ``Cache-Status: gateway; hit; ttl=N``); the conditional policy outside this one then
-  turns it into a 304 when the client's validators match;
+  ``Cache-Status: gateway; hit; ttl=N``); every entry carries a strong ETag (the
+  upstream's or one computed when stored), so a matching ``If-None-Match`` is a 304
+  straight from the entry;
 - a stale entry inside ``stale-while-revalidate`` is served while one background
   refresh runs; otherwise it is revalidated with its ``ETag`` (``If-None-Match``), and
   a 304 from the upstream freshens it; an upstream failure inside ``stale-if-error``

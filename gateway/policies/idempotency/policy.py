@@ -22,11 +22,12 @@ import re
 import orjson
 from aiohttp import web
 
+from ...bodies import BodyTooLarge, read_bounded
 from ...config.model import RouteIdempotencySpec
 from ...context import RequestContext
 from ...errors import (
     BadRequest,
-    GatewayError,
+    Conflict,
     PayloadTooLarge,
     ServiceUnavailable,
     UnprocessableContent,
@@ -40,12 +41,6 @@ _SF_STRING = re.compile(r'^"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"$')
 _NOT_REPLAYED = frozenset(
     {"x-request-id", "server-timing", "ratelimit", "ratelimit-policy", "content-length", "date"}
 )
-
-
-class Conflict(GatewayError):
-    status = 409
-    title = "Conflict"
-    slug = "idempotency-key-in-use"
 
 
 def parse_key(value: str) -> str | None:
@@ -122,19 +117,13 @@ class IdempotencyPolicy:
 
     async def _read_body(self, request: web.BaseRequest) -> bytes:
         limit = self._spec.max_body_size
-        if request.content_length is not None and request.content_length > limit:
+        try:
+            return await read_bounded(request, limit)
+        except BodyTooLarge:
             raise PayloadTooLarge(
                 f"requests with an {HEADER} on this route are kept for replays: at most "
                 f"{limit} bytes"
-            )
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := await request.content.read(limit + 1 - size):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"the body is over {limit} bytes")
-        return b"".join(chunks)
+            ) from None
 
     def _storable(self, response: web.StreamResponse) -> StoredResponse | None:
         if response.status >= 500 or response.prepared or not isinstance(response, web.Response):
