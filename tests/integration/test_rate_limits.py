@@ -101,8 +101,21 @@ def limiter_of(gw: RunningGateway) -> Limiter:
 
 
 def count_calls(owner: Any) -> list[int]:
-    """Wrap ``owner.decide`` with a counter that calls through; the counter's box."""
+    """Wrap the store's decision method with a counter that calls through; the box.
+
+    The memory store is asked through ``decide_now`` (it never waits), Redis through
+    ``decide``.
+    """
     calls = [0]
+    if hasattr(owner, "decide_now"):
+        original_now = owner.decide_now
+
+        def counting_now(*args: Any, **kwargs: Any) -> Decision:
+            calls[0] += 1
+            return original_now(*args, **kwargs)  # type: ignore[no-any-return]
+
+        owner.decide_now = counting_now
+        return calls
     original = owner.decide
 
     async def counting(*args: Any, **kwargs: Any) -> Decision:

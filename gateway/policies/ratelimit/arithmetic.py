@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 
@@ -38,10 +38,15 @@ class Limit:
     burst: int
     #: quota: the window in seconds; rate: unused.
     period: float
+    #: rate: the emission interval ``1/amount``; ``burst * interval``. Derived once here
+    #: because every decision needs them.
+    interval: float = field(init=False, repr=False, compare=False)
+    burst_time: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def interval(self) -> float:
-        return 1.0 / self.amount
+    def __post_init__(self) -> None:
+        interval = 1.0 / self.amount
+        object.__setattr__(self, "interval", interval)
+        object.__setattr__(self, "burst_time", self.burst * interval)
 
     @property
     def window_seconds(self) -> int:
@@ -56,9 +61,11 @@ class Limit:
         return self.burst if self.kind == "rate" else int(self.amount)
 
 
-@dataclass(frozen=True, slots=True)
+# Outcome and Decision are made for every request: plain slotted classes, not frozen
+# dataclasses, whose __init__ goes through object.__setattr__ per field (twice the cost).
+@dataclass(slots=True)
 class Outcome:
-    """What one limit says about one request."""
+    """What one limit says about one request. Treated as immutable."""
 
     admitted: bool
     remaining: int
@@ -68,8 +75,10 @@ class Outcome:
     retry_after: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
+    """Treated as immutable."""
+
     admitted: bool
     outcomes: tuple[Outcome, ...]
 
@@ -88,10 +97,21 @@ State = float | tuple[int, int] | None
 
 def decide(
     limits: Sequence[Limit], states: Sequence[State], cost: int, now: float
-) -> tuple[Decision, list[State]]:
+) -> tuple[Decision, Sequence[State]]:
     """The decision, and the new states to store (the old ones when refused)."""
+    if len(limits) == 1:
+        # The common case (one burst/rate limit), without the lists.
+        limit = limits[0]
+        state = states[0]
+        outcome, new = (
+            _rate(limit, state, cost, now)
+            if limit.kind == "rate"
+            else _quota(limit, state, cost, now)
+        )
+        return Decision(outcome.admitted, (outcome,)), ((new,) if outcome.admitted else states)
     outcomes: list[Outcome] = []
     new_states: list[State] = []
+    admitted = True
     for limit, state in zip(limits, states, strict=True):
         if limit.kind == "rate":
             outcome, new = _rate(limit, state, cost, now)
@@ -99,17 +119,17 @@ def decide(
             outcome, new = _quota(limit, state, cost, now)
         outcomes.append(outcome)
         new_states.append(new)
-    admitted = all(outcome.admitted for outcome in outcomes)
-    return Decision(admitted, tuple(outcomes)), (new_states if admitted else list(states))
+        admitted = admitted and outcome.admitted
+    return Decision(admitted, tuple(outcomes)), (new_states if admitted else states)
 
 
 def _rate(limit: Limit, state: State, cost: int, now: float) -> tuple[Outcome, State]:
     interval = limit.interval
     tat = state if isinstance(state, float) and state > now else now
     new_tat = tat + cost * interval
-    allow_at = new_tat - limit.burst * interval
+    allow_at = new_tat - limit.burst_time
     if now < allow_at - _EPSILON:
-        remaining = max(0, math.floor((now - (tat - limit.burst * interval)) / interval + _EPSILON))
+        remaining = max(0, math.floor((now - (tat - limit.burst_time)) / interval + _EPSILON))
         return Outcome(False, remaining, tat - now, allow_at - now), state
     remaining = max(0, math.floor((now - allow_at) / interval + _EPSILON))
     return Outcome(True, remaining, new_tat - now, 0.0), new_tat

@@ -11,9 +11,8 @@ httpapi draft syntax) go on every response of a limited route.
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -28,6 +27,10 @@ from .breaker import Breaker
 from .stores import LimiterStore, MemoryLimiterStore, RedisLimiterStore
 
 DEGRADED_HEADER = "Gateway-RateLimit"
+
+#: Bound on the per-subject memos (keys, refusals): they only save work, so when one
+#: grows past this (many distinct clients) it is emptied rather than tracked by age.
+_MAX_REMEMBERED_SUBJECTS = 100_000
 
 _QUOTA_NAMES = {86400.0: "daily", 3600.0: "hourly", 60.0: "minutely", 604800.0: "weekly"}
 
@@ -78,13 +81,38 @@ class LimitSet:
     limits: tuple[Limit, ...]
     fallback: tuple[Limit, ...]
     policy_header: str
+    #: ``"name";r=`` per limit: the constant part of each ``RateLimit`` entry.
+    state_prefixes: tuple[str, ...]
 
     @classmethod
     def of(cls, limits: tuple[Limit, ...], share: float) -> LimitSet:
         header = ", ".join(
             f'"{limit.name}";q={limit.quota_units};w={limit.window_seconds}' for limit in limits
         )
-        return cls(limits, scaled(limits, share), header)
+        prefixes = tuple(f'"{limit.name}";r=' for limit in limits)
+        return cls(limits, scaled(limits, share), header, prefixes)
+
+    def state_header(self, decision: Decision) -> str:
+        """``RateLimit``: what is left of each limit and when it is whole again."""
+        outcomes = decision.outcomes
+        if len(outcomes) == 1:
+            outcome = outcomes[0]
+            reset = outcome.reset
+            return f"{self.state_prefixes[0]}{outcome.remaining};t={_whole(reset)}"
+        return ", ".join(
+            f"{prefix}{outcome.remaining};t={_whole(outcome.reset)}"
+            for prefix, outcome in zip(self.state_prefixes, outcomes, strict=True)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _SubjectKeys:
+    """One subject's storage keys on one route, made on its first request."""
+
+    limit_set: LimitSet
+    keys: tuple[str, ...]
+    #: The key of the local "refused until" memo (per subject and route).
+    deny_key: str
 
 
 class Limiter:
@@ -103,14 +131,27 @@ class Limiter:
         self.breaker = Breaker(clock, spec.breaker.failures, spec.breaker.open_for)
         #: Subjects refused recently: (until, the RateLimit header of that refusal).
         self.denied_until: dict[str, tuple[float, str]] = {}
-        #: Decisions by outcome, for metrics and tests.
-        self.counts: dict[str, int] = {}
+        #: Decisions by route name, then outcome: the metrics' source. Kept here, not in
+        #: a route's policy, so counts survive reloads.
+        self.by_route: dict[str, dict[str, int]] = {}
+        #: Store calls that failed or timed out, for the metrics.
+        self.store_errors = 0
 
-    def count(self, outcome: str) -> None:
-        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+    def route_counts(self, route: str) -> dict[str, int]:
+        """The decision counts of ``route``, to be incremented by its policy."""
+        return self.by_route.setdefault(route, {})
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Decisions by outcome over every route."""
+        total: dict[str, int] = {}
+        for counts in self.by_route.values():
+            for outcome, count in counts.items():
+                total[outcome] = total.get(outcome, 0) + count
+        return total
 
     async def decide(
-        self, keys: list[str], limits: tuple[Limit, ...], cost: int
+        self, keys: Sequence[str], limits: tuple[Limit, ...], cost: int
     ) -> Decision | None:
         """The store's decision, or None when it cannot answer in time."""
         if not self.remote:
@@ -118,9 +159,11 @@ class Limiter:
         if not self.breaker.allow():
             return None
         try:
-            async with asyncio.timeout(self.spec.redis_timeout):
-                decision = await self.store.decide(keys, limits, cost)
-        except (StoreError, TimeoutError):
+            # The store bounds each decision by ``redis_timeout`` itself (one timer per
+            # batch of decisions rather than one per request).
+            decision = await self.store.decide(keys, limits, cost)
+        except StoreError:
+            self.store_errors += 1
             self.breaker.failed()
             return None
         except BaseException:
@@ -148,6 +191,7 @@ class RateLimitPolicy:
         default_plan: str,
     ) -> None:
         self._limiter = limiter
+        self._counts = limiter.route_counts(route_name)
         self._spec = spec
         self._cost = spec.cost
         share = spec.local_share
@@ -175,7 +219,13 @@ class RateLimitPolicy:
             else self._default
         )
         self._by = spec.by
+        self._shadow = spec.shadow
+        self._subject_keys: dict[str, _SubjectKeys] = {}
         self._header = spec.by[len("header:") :] if spec.by.startswith("header:") else None
+
+    def _count(self, outcome: str) -> None:
+        counts = self._counts
+        counts[outcome] = counts.get(outcome, 0) + 1
 
     def _limits_for(self, consumer_id: str, plan: str) -> LimitSet:
         contract = self._contracts.get(consumer_id)
@@ -201,87 +251,99 @@ class RateLimitPolicy:
                 return f"h:{self._header}:{value}", self._anonymous
         return "ip:" + (ctx.request.remote or "unknown"), self._anonymous
 
+    def _keys(self, subject: str, limit_set: LimitSet) -> _SubjectKeys:
+        """The subject's keys: one per limit, all under the subject's hash tag."""
+        found = self._subject_keys.get(subject)
+        if found is not None and found.limit_set is limit_set:
+            return found
+        tag = "{rl:" + subject + "}"
+        route_start = len(limit_set.limits) - self._own_count
+        keys = tuple(
+            tag + (self._route_prefix if index >= route_start else ":") + limit.name
+            for index, limit in enumerate(limit_set.limits)
+        )
+        # Per subject and route: a refusal depends on the route's own limits and cost,
+        # so it must not refuse the subject's requests on other routes.
+        found = _SubjectKeys(limit_set, keys, tag + self._route_prefix)
+        if len(self._subject_keys) >= _MAX_REMEMBERED_SUBJECTS:
+            self._subject_keys.clear()  # bounded: it only saves rebuilding strings
+        self._subject_keys[subject] = found
+        return found
+
     async def handle(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:
         subject, limit_set = self._subject(ctx)
         limits = limit_set.limits
         if not limits:
             return await call_next(ctx)
         limiter = self._limiter
-        spec = self._spec
-        tag = "{rl:" + subject + "}"
-        route_start = len(limits) - self._own_count
-        keys = [
-            tag + (self._route_prefix if index >= route_start else ":") + limit.name
-            for index, limit in enumerate(limits)
-        ]
-        # Per subject and route: a refusal depends on the route's own limits and cost,
-        # so it must not refuse the subject's requests on other routes.
-        deny_key = tag + self._route_prefix
-        now = limiter.clock.monotonic()
-        denied = limiter.denied_until.get(deny_key)
-        if denied is not None and denied[0] > now and not spec.shadow:
-            # Refused a moment ago and not allowed back yet: no need to ask the store.
-            limiter.count("refused_cached")
-            ctx.response_headers.append(("RateLimit-Policy", limit_set.policy_header))
-            ctx.response_headers.append(("RateLimit", denied[1]))
-            raise TooManyRequests(
-                "the rate limit is exceeded", headers={"Retry-After": _seconds(denied[0] - now)}
-            )
-        if limiter.remote:
-            # A round trip to Redis: show what it cost in Server-Timing.
-            started = limiter.clock.monotonic()
-            decision = await limiter.decide(keys, limits, self._cost)
-            ctx.policy_timings.append(("ratelimit", limiter.clock.monotonic() - started))
+        subject_keys = self._keys(subject, limit_set)
+        keys = subject_keys.keys
+        denied = limiter.denied_until.get(subject_keys.deny_key)
+        if denied is not None and not self._shadow:
+            wait = denied[0] - limiter.clock.monotonic()
+            if wait > 0:
+                # Refused a moment ago and not allowed back yet: no need to ask the store.
+                self._count("refused_cached")
+                ctx.response_headers.append(("RateLimit-Policy", limit_set.policy_header))
+                ctx.response_headers.append(("RateLimit", denied[1]))
+                raise TooManyRequests(
+                    "the rate limit is exceeded", headers={"Retry-After": _seconds(wait)}
+                )
+        decision: Decision | None
+        if not limiter.remote:
+            # The memory store answers without waiting: no coroutine to make and await.
+            decision = limiter.local.decide_now(keys, limits, self._cost)
         else:
+            # A round trip to Redis: show what it cost in Server-Timing.
+            now = limiter.clock.monotonic()
             decision = await limiter.decide(keys, limits, self._cost)
-        if decision is None:
-            decision = await self._store_down(ctx, keys, limit_set)
+            ctx.policy_timings.append(("ratelimit", limiter.clock.monotonic() - now))
             if decision is None:
-                return await call_next(ctx)
+                decision = await self._store_down(ctx, keys, limit_set)
+                if decision is None:
+                    return await call_next(ctx)
         headers = ctx.response_headers
-        state = _state_header(limits, decision)
+        state = limit_set.state_header(decision)
         headers.append(("RateLimit-Policy", limit_set.policy_header))
         headers.append(("RateLimit", state))
         if decision.admitted:
-            limiter.count("admitted")
+            self._count("admitted")
             return await call_next(ctx)
-        if spec.shadow:
-            limiter.count("shadow_refused")
+        if self._shadow:
+            self._count("shadow_refused")
             headers.append((DEGRADED_HEADER, "shadow;would-refuse"))
             return await call_next(ctx)
-        limiter.count("refused")
+        self._count("refused")
         retry = decision.retry_after
-        limiter.denied_until[deny_key] = (now + retry, state)
-        if len(limiter.denied_until) > 100_000:
+        limiter.denied_until[subject_keys.deny_key] = (limiter.clock.monotonic() + retry, state)
+        if len(limiter.denied_until) > _MAX_REMEMBERED_SUBJECTS:
             limiter.denied_until.clear()  # bounded: it is only an optimisation
         raise TooManyRequests(
             "the rate limit is exceeded", headers={"Retry-After": _seconds(retry)}
         )
 
     async def _store_down(
-        self, ctx: RequestContext, keys: list[str], limit_set: LimitSet
+        self, ctx: RequestContext, keys: Sequence[str], limit_set: LimitSet
     ) -> Decision | None:
         mode = self._spec.on_store_down
         limiter = self._limiter
         if mode == "fail_closed":
-            limiter.count("store_down_refused")
+            self._count("store_down_refused")
             raise ServiceUnavailable(
                 "rate limits cannot be checked right now", headers={"Retry-After": "1"}
             )
         if mode == "local_fallback":
-            limiter.count("local_fallback")
+            self._count("local_fallback")
             ctx.response_headers.append((DEGRADED_HEADER, "local-fallback"))
             return await limiter.local.decide(keys, limit_set.fallback, self._cost)
-        limiter.count("store_down_admitted")
+        self._count("store_down_admitted")
         ctx.response_headers.append((DEGRADED_HEADER, "store-unavailable"))
         return None
 
 
-def _state_header(limits: tuple[Limit, ...], decision: Decision) -> str:
-    return ", ".join(
-        f'"{limit.name}";r={outcome.remaining};t={max(0, math.ceil(outcome.reset))}'
-        for limit, outcome in zip(limits, decision.outcomes, strict=True)
-    )
+def _whole(reset: float) -> int:
+    """``t`` in ``RateLimit``: whole seconds, rounded up, never negative."""
+    return max(0, math.ceil(reset))
 
 
 def _seconds(delay: float) -> str:

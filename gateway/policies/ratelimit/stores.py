@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ...context import Clock
 from ...stores.base import StoreError
@@ -39,12 +40,23 @@ class MemoryLimiterStore:
         self._writes = 0
 
     async def decide(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
+        return self.decide_now(keys, limits, cost)
+
+    def decide_now(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
+        """``decide`` without the coroutine: the memory store never waits."""
         now = self._clock.wall()
         stored = self._states
-        states: list[State] = []
-        for key in keys:
+        if len(keys) == 1:
+            key = keys[0]
             entry = stored.get(key)
-            states.append(entry[0] if entry is not None and entry[1] > now else None)
+            states: Sequence[State] = (
+                (entry[0],) if entry is not None and entry[1] > now else (None,)
+            )
+        else:
+            states = [
+                entry[0] if (entry := stored.get(key)) is not None and entry[1] > now else None
+                for key in keys
+            ]
         decision, new_states = decide(limits, states, cost, now)
         if decision.admitted:
             for key, limit, state in zip(keys, limits, new_states, strict=True):
@@ -67,23 +79,35 @@ class MemoryLimiterStore:
 
 
 _SCRIPT = resources.files(__package__).joinpath("limiter.lua").read_text()
+#: ``EVALSHA`` names the script by this digest: known without asking the server.
+_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+_Pending = tuple[bytes, float, "asyncio.Future[list[int]]"]
 
 
 class RedisLimiterStore:
-    """Decisions on Redis, sent in pipelines.
+    """Decisions on Redis, sent in pipelines of pre-encoded commands.
 
-    Each decision is one ``EVALSHA``. Decisions asked for while a pipeline is in flight
+    Each decision is one ``EVALSHA``. Decisions asked for while a batch is in flight
     wait for it and then go together in the next one: under load many decisions share
-    one round trip and one pass through the client library (whose per-command cost is
-    most of a decision's), while a lone request goes out at once.
+    one round trip, while a lone request goes out at once.
+
+    The command bytes are built here rather than by the client library's command
+    packer, whose per-command cost was most of a decision's: everything but the keys
+    (the script's digest, the limits' parameters, the cost) is encoded once per limit
+    set and reused. The library still owns the connection and parses the replies.
     """
 
     def __init__(self, client: aioredis.Redis, timeout: float) -> None:
         self._redis = client
         self._timeout = timeout
-        self._sha: str | None = None
-        self._queue: list[tuple[Sequence[str], list[float | int], asyncio.Future[list[int]]]] = []
+        self._sha = _SCRIPT_SHA
+        self._queue: list[_Pending] = []
         self._flushing: asyncio.Task[None] | None = None
+        #: id(limits) -> (limits, the encoded arguments after the keys and the cost).
+        self._encoded_limits: dict[int, tuple[Sequence[Limit], bytes]] = {}
+        self._heads: dict[int, bytes] = {}
+        self._costs: dict[int, bytes] = {}
 
     @classmethod
     def from_url(cls, url: str, timeout: float) -> RedisLimiterStore:
@@ -100,53 +124,71 @@ class RedisLimiterStore:
         return cls(client, timeout)
 
     async def decide(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
-        args: list[float | int] = [cost]
-        for limit in limits:
-            args += [1 if limit.kind == "rate" else 2, limit.amount, limit.burst, limit.period]
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append((keys, args, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        self._queue.append((self._command(keys, limits, cost), loop.time(), future))
         if self._flushing is None:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+            self._flushing = loop.create_task(self._flush())
         return _decision(await future, len(limits))
 
+    def _command(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> bytes:
+        """``EVALSHA sha n key... cost limit-args...`` in RESP, encoded."""
+        encoded = self._encoded_limits.get(id(limits))
+        if encoded is None or encoded[0] is not limits:
+            encoded = (limits, _bulk_strings(_limit_args(limits)))
+            self._encoded_limits[id(limits)] = encoded
+        head = self._heads.get(len(keys))
+        if head is None:
+            count = 3 + len(keys) + 1 + 4 * len(limits)
+            head = b"*%d\r\n$7\r\nEVALSHA\r\n" % count + _bulk_strings([self._sha, len(keys)])
+            self._heads[len(keys)] = head
+        cost_bytes = self._costs.get(cost)
+        if cost_bytes is None:
+            cost_bytes = self._costs[cost] = _bulk_strings([cost])
+        parts = [head]
+        for key in keys:
+            raw = key.encode()
+            parts.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+        parts.append(cost_bytes)
+        parts.append(encoded[1])
+        return b"".join(parts)
+
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                batch = [entry for entry in batch if not entry[2].done()]  # timed out
+                # Each decision waits at most ``timeout`` from when it was asked, also
+                # when it queued behind the previous batch: the batch gets what is left
+                # of its oldest member's slice.
+                now = loop.time()
+                expired = [entry for entry in batch if now - entry[1] >= self._timeout]
+                _fail(expired, StoreError("redis did not answer in time"))
+                batch = [entry for entry in batch if not entry[2].done()]
                 if not batch:
                     continue
+                left = self._timeout - (now - min(entry[1] for entry in batch))
                 try:
-                    async with asyncio.timeout(self._timeout):
+                    async with asyncio.timeout(left):
                         await self._send(batch)
                 except TimeoutError:
                     # The connection may hold half an answer: drop it, fail the batch.
                     connection = self._redis.connection
                     if connection is not None:
                         await connection.disconnect(nowait=True)
-                    error = StoreError("redis did not answer in time")
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
+                    _fail(batch, StoreError("redis did not answer in time"))
         finally:
             self._flushing = None
 
-    async def _send(
-        self, batch: list[tuple[Sequence[str], list[float | int], asyncio.Future[list[int]]]]
-    ) -> None:
+    async def _send(self, batch: list[_Pending]) -> None:
         try:
-            if self._sha is None:
-                self._sha = await self._redis.script_load(_SCRIPT)
-            results = await self._pipeline(batch, self._sha)
+            results = await self._round_trip(batch)
             if any(isinstance(result, NoScriptError) for result in results):
                 # The server restarted (or was flushed): load the script again, once.
-                self._sha = await self._redis.script_load(_SCRIPT)
-                results = await self._pipeline(batch, self._sha)
+                await self._redis.script_load(_SCRIPT)
+                results = await self._round_trip(batch)
         except (RedisError, OSError) as exc:
-            error = StoreError(f"redis: {exc}")
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            _fail(batch, StoreError(f"redis: {exc}"))
             return
         for (_, _, future), result in zip(batch, results, strict=True):
             if future.done():
@@ -156,21 +198,19 @@ class RedisLimiterStore:
             else:
                 future.set_result(result)
 
-    async def _pipeline(
-        self,
-        batch: list[tuple[Sequence[str], list[float | int], asyncio.Future[list[int]]]],
-        sha: str,
-    ) -> list[Any]:
-        if len(batch) == 1:
-            keys, args, _ = batch[0]
+    async def _round_trip(self, batch: list[_Pending]) -> list[Any]:
+        """Send the batch's commands in one write; one reply (or error) per command."""
+        if self._redis.connection is None:
+            await self._redis.initialize()
+        connection = self._redis.connection
+        assert connection is not None
+        await connection.send_packed_command([command for command, _, _ in batch], False)
+        results: list[Any] = []
+        for _ in batch:
             try:
-                return [await self._redis.evalsha(sha, len(keys), *keys, *args)]
-            except NoScriptError as exc:
-                return [exc]
-        pipe = self._redis.pipeline(transaction=False)
-        for keys, args, _ in batch:
-            pipe.evalsha(sha, len(keys), *keys, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+                results.append(await connection.read_response())
+            except ResponseError as exc:
+                results.append(exc)
         return results
 
     async def close(self) -> None:
@@ -179,6 +219,28 @@ class RedisLimiterStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flushing
         await self._redis.aclose()
+
+
+def _fail(entries: list[_Pending], error: StoreError) -> None:
+    for _, _, future in entries:
+        if not future.done():
+            future.set_exception(error)
+
+
+def _limit_args(limits: Sequence[Limit]) -> list[float | int]:
+    args: list[float | int] = []
+    for limit in limits:
+        args += [1 if limit.kind == "rate" else 2, limit.amount, limit.burst, limit.period]
+    return args
+
+
+def _bulk_strings(args: Sequence[str | float | int]) -> bytes:
+    """RESP bulk strings; numbers as the client library encodes them (``repr``)."""
+    out = []
+    for arg in args:
+        raw = (arg if isinstance(arg, str) else repr(arg)).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+    return b"".join(out)
 
 
 def _decision(raw: list[int], count: int) -> Decision:
