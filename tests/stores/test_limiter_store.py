@@ -294,6 +294,38 @@ async def test_redis_never_reached_is_a_store_error() -> None:
         await store.close()
 
 
+async def test_redis_decisions_queued_behind_a_hung_batch_wait_only_their_own_slice() -> None:
+    """A Redis that accepts and never answers. The second decision is asked while the
+    first one's batch is in flight, so it queues behind it: it must still fail within
+    its own slice from when it was asked, not the first one's remainder plus a slice."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(4096):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisLimiterStore.from_url(f"redis://127.0.0.1:{port}/0", timeout=0.4)
+
+    async def timed_failure(delay: float) -> float:
+        await asyncio.sleep(delay)
+        started = time.monotonic()
+        with pytest.raises(StoreError):
+            await store.decide(["{rl:x}:a"], [rate(1, 1)], 1)
+        return time.monotonic() - started
+
+    try:
+        first, second = await asyncio.gather(timed_failure(0.0), timed_failure(0.25))
+        assert 0.35 < first < 0.5
+        # Asked 0.25 s into the first one's slice: without its own bound it would wait
+        # for the first batch to fail (0.15 s) and then a whole slice of its own (0.4 s).
+        assert second < 0.5, second
+    finally:
+        await store.close()
+        server.close()
+
+
 # -- memory only: stepping time -----------------------------------------------------------
 
 
