@@ -6,6 +6,7 @@ Every case states the time it decides at, so nothing here sleeps or reads a cloc
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 
@@ -28,7 +29,7 @@ class Run:
 
     def __init__(self, *limits: Limit) -> None:
         self.limits = limits
-        self.states: list[State] = [None] * len(limits)
+        self.states: Sequence[State] = [None] * len(limits)
 
     def __call__(self, now: float, cost: int = 1) -> Decision:
         decision, self.states = decide(self.limits, self.states, cost, now)
@@ -225,7 +226,7 @@ def test_quota_cost_and_refusal_keep_the_count() -> None:
 
 def test_exhausted_quota_leaves_the_rate_state_untouched() -> None:
     limits = [rate(1, 10), quota(2, DAY)]
-    states: list[State] = [None, None]
+    states: Sequence[State] = [None, None]
     for _ in range(2):
         decision, states = decide(limits, states, 1, T0)
         assert decision.admitted
@@ -242,7 +243,7 @@ def test_exhausted_quota_leaves_the_rate_state_untouched() -> None:
 
 def test_exhausted_rate_leaves_the_quota_count_untouched() -> None:
     limits = [rate(1, 2), quota(100, DAY)]
-    states: list[State] = [None, None]
+    states: Sequence[State] = [None, None]
     for _ in range(2):
         decision, states = decide(limits, states, 1, T0)
         assert decision.admitted
