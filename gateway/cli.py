@@ -1,4 +1,4 @@
-"""The ``gateway`` command: run, check, mocks, demo."""
+"""The ``gateway`` command: run, check, mocks, demo, bench."""
 
 from __future__ import annotations
 
@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the sample services and the gateway together")
     demo.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="gateway YAML file")
     demo.set_defaults(func=_cmd_demo)
+
+    from .budget import command as bench_command
+
+    bench = commands.add_parser("bench", help="measure where a URL's latency budget goes")
+    bench_command.add_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
@@ -118,6 +124,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return _run_loop(run_demo(loaded))
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .budget.command import run_from_args
+
+    return _run_loop(run_from_args(args))
 
 
 def _run_loop(main: Coroutine[Any, Any, int]) -> int:

@@ -60,7 +60,8 @@ class Sample:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """What ``on_progress`` is told, about once a second and once at the end."""
+    """What ``on_progress`` is told: every ``progress_interval``, when ``stop`` ends the
+    sending, and once at the end."""
 
     elapsed_s: float
     total: int
@@ -170,6 +171,8 @@ class LoadResult:
     #: Large values mean the generator itself could not keep up (its core was busy);
     #: the lag is part of the latencies, which are then partly about the generator.
     send_lags: list[float] = field(default_factory=list)
+    #: True when ``stop`` ended the run before every scheduled request was sent.
+    stopped: bool = False
 
     @cached_property
     def latencies(self) -> list[float]:
@@ -248,6 +251,9 @@ async def run_open_loop(
     warmup: float = 0.0,
     method: str = "GET",
     body: bytes | None = None,
+    on_sample: Callable[[Sample], None] | None = None,
+    stop: asyncio.Event | None = None,
+    progress_interval: float = 1.0,
 ) -> LoadResult:
     """Send ``method`` (GET; or POST with ``body``) to ``url`` at ``rate`` requests per
     second for ``duration`` seconds.
@@ -259,6 +265,12 @@ async def run_open_loop(
     when it is issued. ``warmup`` seconds of the same load are sent first on the same
     connections and not recorded, so connection set-up and first-request costs (on both
     sides) stay out of the figures.
+
+    ``on_progress`` is called every ``progress_interval`` seconds and once at the end;
+    ``on_sample`` as each measured request completes. Setting ``stop`` ends the run
+    early: no further request is sent, the ones in flight are waited for (each bounded
+    by ``timeout``, so the slow tail is not dropped from the figures), and the result
+    covers the requests that were sent, with ``stopped`` set.
     """
     if not (rate > 0 and math.isfinite(rate)):
         raise ValueError(f"rate must be a positive number, got {rate}")
@@ -268,6 +280,8 @@ async def run_open_loop(
         raise ValueError(f"connections must be at least 1, got {connections}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if not (progress_interval > 0 and math.isfinite(progress_interval)):
+        raise ValueError(f"progress_interval must be a positive number, got {progress_interval}")
 
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0, ttl_dns_cache=300)
     async with aiohttp.ClientSession(
@@ -280,8 +294,19 @@ async def run_open_loop(
         timeout=aiohttp.ClientTimeout(total=timeout),
     ) as session:
         if warmup > 0:
-            await _schedule(session, url, rate, warmup, None, method, body)
-        return await _schedule(session, url, rate, duration, on_progress, method, body)
+            await _schedule(session, url, rate, warmup, None, method, body, stop=stop)
+        return await _schedule(
+            session,
+            url,
+            rate,
+            duration,
+            on_progress,
+            method,
+            body,
+            on_sample=on_sample,
+            stop=stop,
+            progress_interval=progress_interval,
+        )
 
 
 async def _schedule(
@@ -292,6 +317,10 @@ async def _schedule(
     on_progress: Callable[[Progress], None] | None,
     method: str = "GET",
     body: bytes | None = None,
+    *,
+    on_sample: Callable[[Sample], None] | None = None,
+    stop: asyncio.Event | None = None,
+    progress_interval: float = 1.0,
 ) -> LoadResult:
     total = max(1, round(rate * duration))
     interval = 1.0 / rate
@@ -301,18 +330,25 @@ async def _schedule(
     start = _now()
     ticker = None
     if on_progress is not None:
-        ticker = loop.create_task(_report_progress(on_progress, counters, start, total))
+        ticker = loop.create_task(
+            _report_progress(on_progress, counters, start, total, progress_interval)
+        )
     lags: list[float] = []
+    stopped = False
     try:
         for i in range(total):
             # Multiplied, not accumulated: adding ``interval`` n times drifts.
             due = start + i * interval
-            # Timers are coarse (uvloop rounds to whole milliseconds), so one sleep can
-            # wake a little early; sleep again for the rest rather than send early.
-            while (wait := due - _now()) > 0:  # noqa: ASYNC110 - waiting on the clock itself
-                await asyncio.sleep(wait)
+            if not await _sleep_until(due, stop):
+                stopped = True
+                # Sending is over: the caller learns how many requests are in flight.
+                if on_progress is not None:
+                    on_progress(counters.snapshot(_now() - start, total))
+                break
             lags.append(_now() - due)
-            tasks.append(loop.create_task(_one(session, url, due, start, counters, method, body)))
+            tasks.append(
+                loop.create_task(_one(session, url, due, start, counters, method, body, on_sample))
+            )
             counters.sent += 1
         samples = list(await asyncio.gather(*tasks))
     finally:
@@ -334,7 +370,27 @@ async def _schedule(
         samples=samples,
         elapsed_s=end - start,
         send_lags=lags,
+        stopped=stopped,
     )
+
+
+#: The longest sleep between two looks at ``stop``: at a low rate the next send can be
+#: seconds away, and a stop must not wait for it.
+_STOP_POLL_S = 0.1
+
+
+async def _sleep_until(due: float, stop: asyncio.Event | None) -> bool:
+    """Sleep until ``due`` (a ``_now()`` time); False if ``stop`` was set first."""
+    # Timers are coarse (uvloop rounds to whole milliseconds), so one sleep can wake a
+    # little early; sleep again for the rest rather than send early.
+    while (wait := due - _now()) > 0:
+        if stop is None:
+            await asyncio.sleep(wait)
+        elif stop.is_set():
+            return False
+        else:
+            await asyncio.sleep(min(wait, _STOP_POLL_S))
+    return stop is None or not stop.is_set()
 
 
 @dataclass(slots=True)
@@ -348,10 +404,14 @@ class _Counters:
 
 
 async def _report_progress(
-    on_progress: Callable[[Progress], None], counters: _Counters, start: float, total: int
+    on_progress: Callable[[Progress], None],
+    counters: _Counters,
+    start: float,
+    total: int,
+    interval: float,
 ) -> None:
     while True:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(interval)
         on_progress(counters.snapshot(_now() - start, total))
 
 
@@ -363,6 +423,7 @@ async def _one(
     counters: _Counters,
     method: str = "GET",
     body: bytes | None = None,
+    on_sample: Callable[[Sample], None] | None = None,
 ) -> Sample:
     status: int | None = None
     server_timing: str | None = None
@@ -385,7 +446,7 @@ async def _one(
     counters.completed += 1
     if error is not None or (status is not None and status >= 500):
         counters.errors += 1
-    return Sample(
+    sample = Sample(
         scheduled=due - start,
         latency_s=latency,
         status=status,
@@ -393,3 +454,6 @@ async def _one(
         partial=partial,
         error=error,
     )
+    if on_sample is not None:
+        on_sample(sample)
+    return sample
