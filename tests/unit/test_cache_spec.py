@@ -155,8 +155,10 @@ def test_a_partial_content_response_is_not_stored() -> None:
 # -- freshness ---------------------------------------------------------------------------
 
 
-def freshness(cc: str, *pairs: tuple[str, str], ttl: float = 7.0) -> float:
-    return freshness_lifetime(directives(cc), headers(*pairs), ttl)
+def freshness(
+    cc: str, *pairs: tuple[str, str], ttl: float = 7.0, received_at: float = T0 + 5
+) -> float:
+    return freshness_lifetime(directives(cc), headers(*pairs), ttl, received_at)
 
 
 def test_freshness_precedence() -> None:
@@ -184,6 +186,14 @@ def test_invalid_ages_fall_through_to_the_next_source() -> None:
 def test_expires_in_the_past_is_no_freshness() -> None:
     assert freshness("", ("Date", http_date(T0)), ("Expires", http_date(T0 - 60))) == 0.0
     assert freshness("", ("Date", http_date(T0)), ("Expires", http_date(T0))) == 0.0
+
+
+def test_expires_without_date_counts_from_when_it_was_received() -> None:
+    # RFC 9110 section 6.6.1: a missing Date is the time the message was received.
+    assert freshness("", ("Expires", http_date(T0 + 300)), received_at=T0 + 100) == 200.0
+    assert freshness("", ("Expires", http_date(T0 + 300)), received_at=T0 + 400) == 0.0
+    # A Date that is there but unreadable is no date to count from.
+    assert freshness("", ("Date", "garbled"), ("Expires", http_date(T0 + 300))) == 0.0
 
 
 def test_an_invalid_expires_means_already_expired() -> None:
@@ -238,8 +248,12 @@ def test_stale_windows(name: str) -> None:
     assert stale_window(directives(f"{other}=30"), name) == 0.0
 
 
-@pytest.mark.parametrize("forbidding", ["must-revalidate", "proxy-revalidate", "no-cache"])
+@pytest.mark.parametrize(
+    "forbidding", ["must-revalidate", "proxy-revalidate", "no-cache", "s-maxage=10"]
+)
 def test_revalidation_directives_close_the_stale_windows(forbidding: str) -> None:
+    # s-maxage: "incorporates the semantics of the proxy-revalidate response directive"
+    # for a shared cache (RFC 9111 section 5.2.2.10).
     cc = directives(f"max-age=10, {forbidding}, stale-while-revalidate=30, stale-if-error=30")
     assert stale_window(cc, "stale-while-revalidate") == 0.0
     assert stale_window(cc, "stale-if-error") == 0.0

@@ -1,7 +1,8 @@
 """Cache invalidations shared between nodes through Redis pub/sub.
 
-A node that invalidates publishes the paths; every node (itself included, harmlessly)
-drops its entries for them. Best effort by design: a node that misses a message (Redis
+A node that invalidates publishes the paths (a JSON list) or a purged prefix (a JSON
+object ``{"prefix": ...}``); every node (itself included, harmlessly) drops its entries
+for them. Best effort by design: a node that misses a message (Redis
 down) keeps serving its entry until it expires, which is why cached routes should keep
 their freshness lifetimes short when writes elsewhere must be seen quickly.
 """
@@ -29,6 +30,8 @@ class InvalidationBus:
         self._listener: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
         self.received = 0
+        #: Failed publishes and lost subscriptions, for the metrics.
+        self.errors = 0
 
     async def start(self) -> None:
         ready = asyncio.get_running_loop().create_future()
@@ -36,16 +39,24 @@ class InvalidationBus:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(ready), 2.0)
         self._cache.publish = self._publish
+        self._cache.publish_prefix = self._publish_prefix
 
     def _publish(self, paths: list[str]) -> None:
-        task = asyncio.get_running_loop().create_task(self._send(paths))
+        self._send_soon(orjson.dumps(paths))
+
+    def _publish_prefix(self, prefix: str) -> None:
+        self._send_soon(orjson.dumps({"prefix": prefix}))
+
+    def _send_soon(self, message: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(message))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 
-    async def _send(self, paths: list[str]) -> None:
+    async def _send(self, message: bytes) -> None:
         try:
-            await self._redis.publish(self._channel, orjson.dumps(paths))
+            await self._redis.publish(self._channel, message)
         except (RedisError, OSError) as exc:
+            self.errors += 1
             log.warning("cache invalidation not published (%s)", exc)
 
     async def _listen(self, ready: asyncio.Future[None]) -> None:
@@ -67,7 +78,11 @@ class InvalidationBus:
                         self._cache.invalidate(
                             [p for p in paths if isinstance(p, str)], announce=False
                         )
+                    elif isinstance(paths, dict) and isinstance(paths.get("prefix"), str):
+                        self.received += 1
+                        self._cache.purge_prefix(paths["prefix"], announce=False)
             except (RedisError, OSError) as exc:
+                self.errors += 1
                 log.warning("cache invalidation channel lost (%s); retrying", exc)
                 await asyncio.sleep(1.0)
 

@@ -65,10 +65,24 @@ class ResponseCache:
         self.refreshing: set[str] = set()
         #: Called with the paths a write invalidated (the Redis publisher, if any).
         self.publish: Callable[[list[str]], None] | None = None
-        self.counts: dict[str, int] = {}
+        #: Called with a purged path prefix (the Redis publisher, if any).
+        self.publish_prefix: Callable[[str], None] | None = None
+        #: Results by route name, then by outcome (``hit``, ``miss``...): the metrics'
+        #: source. Kept here, not in a route's policy, so counts survive reloads.
+        self.by_route: dict[str, dict[str, int]] = {}
 
-    def count(self, outcome: str) -> None:
-        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+    def route_counts(self, route: str) -> dict[str, int]:
+        """The result counts of ``route``, to be incremented by its policy."""
+        return self.by_route.setdefault(route, {})
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Results by outcome over every route."""
+        total: dict[str, int] = {}
+        for counts in self.by_route.values():
+            for outcome, count in counts.items():
+                total[outcome] = total.get(outcome, 0) + count
+        return total
 
     def generation(self, path: str) -> int:
         """How many times ``path`` was invalidated: a fetch that began before the last
@@ -85,6 +99,13 @@ class ResponseCache:
             self.publish(paths)
         return dropped
 
+    def purge_prefix(self, prefix: str, *, announce: bool = True) -> int:
+        """Drop every entry under ``prefix`` here, and ask the other nodes to."""
+        dropped = self.store.purge_prefix(prefix)
+        if announce and self.publish_prefix is not None:
+            self.publish_prefix(prefix)
+        return dropped
+
 
 class CachePolicy:
     def __init__(
@@ -98,6 +119,11 @@ class CachePolicy:
         self._spec = spec
         self._related = tuple(UrlTemplate.compile(path) for path in invalidates)
         self._route = route_name
+        self._counts = cache.route_counts(route_name)
+
+    def _count(self, outcome: str) -> None:
+        counts = self._counts
+        counts[outcome] = counts.get(outcome, 0) + 1
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:
         method = ctx.request.method
@@ -131,7 +157,7 @@ class CachePolicy:
         if entry is not None and "no-cache" not in request_cc:
             age = entry.age(now)
             if age < entry.lifetime and "no-cache" not in entry.directives:
-                cache.count("hit")
+                self._count("hit")
                 status = f"hit; ttl={int(entry.lifetime - age)}"
                 if_none_match = ctx.request.headers.get("If-None-Match")
                 if if_none_match is not None and (
@@ -146,7 +172,7 @@ class CachePolicy:
                 return _serve(entry, now, status, ctx)
             staleness = age - entry.lifetime
             if 0 <= staleness < stale_window(entry.directives, "stale-while-revalidate"):
-                cache.count("stale_while_revalidate")
+                self._count("stale_while_revalidate")
                 self._refresh_later(ctx, call_next, entry)
                 return _serve(entry, now, "fwd=stale; stale-while-revalidate", ctx)
             return await self._revalidate(ctx, call_next, entry, primary, request_cc)
@@ -170,7 +196,7 @@ class CachePolicy:
             if outcome == "answered":
                 entry = cache.store.lookup(primary, ctx.request.headers)
                 if entry is not None:
-                    cache.count("coalesced")
+                    self._count("coalesced")
                     return _serve(entry, cache.clock.wall(), "hit; collapsed", ctx)
                 return await self._fetch(ctx, call_next, primary, request_cc)
             # The leader went away (its client left) or failed: the first waiter to get
@@ -206,7 +232,7 @@ class CachePolicy:
             if cache.generation(ctx.path) == generation
             else None
         )
-        cache.count("miss_stored" if entry is not None else "miss")
+        self._count("miss_stored" if entry is not None else "miss")
         response.headers["Cache-Status"] = "gateway; fwd=miss" + ("; stored" if entry else "")
         return response
 
@@ -227,22 +253,22 @@ class CachePolicy:
             response = await call_next(ctx)
         except GatewayError:
             if 0 <= staleness < stale_window(entry.directives, "stale-if-error"):
-                cache.count("stale_if_error")
+                self._count("stale_if_error")
                 return _serve(entry, now, "fwd=stale; stale-if-error", ctx)
             raise
         if response.status == 304 and not response.prepared:
             old_size = entry.size
             _freshen(entry, response, cache.clock.wall())
             cache.store.resized(entry, old_size)
-            cache.count("revalidated")
+            self._count("revalidated")
             return _serve(entry, cache.clock.wall(), "fwd=stale; fwd-status=304", ctx)
         if response.status >= 500 and 0 <= staleness < stale_window(
             entry.directives, "stale-if-error"
         ):
-            cache.count("stale_if_error")
+            self._count("stale_if_error")
             return _serve(entry, now, "fwd=stale; stale-if-error", ctx)
         stored = self._store(ctx, response, primary, request_cc)
-        cache.count("refetched")
+        self._count("refetched")
         response.headers["Cache-Status"] = "gateway; fwd=stale" + ("; stored" if stored else "")
         return response
 
@@ -309,6 +335,7 @@ class CachePolicy:
             etag = strong_etag(body)
             stored_headers += (("ETag", etag),)
         request_headers = ctx.request.headers
+        received_at = self._cache.clock.wall()
         entry = Entry(
             primary=primary,
             path=ctx.path,
@@ -320,9 +347,9 @@ class CachePolicy:
             etag=etag,
             upstream_etag=upstream_etag,
             directives=response_cc,
-            stored_at=self._cache.clock.wall(),
+            stored_at=received_at,
             initial_age=initial_age(headers),
-            lifetime=freshness_lifetime(response_cc, headers, spec.ttl),
+            lifetime=freshness_lifetime(response_cc, headers, spec.ttl, received_at),
         )
         return entry if self._cache.store.put(entry) else None
 
@@ -372,4 +399,4 @@ def _freshen(entry: Entry, not_modified: web.StreamResponse, now: float) -> None
     entry.etag = entry.upstream_etag = updated.get("ETag")
     entry.stored_at = now
     entry.initial_age = initial_age(not_modified.headers)
-    entry.lifetime = freshness_lifetime(entry.directives, not_modified.headers, entry.lifetime)
+    entry.lifetime = freshness_lifetime(entry.directives, not_modified.headers, entry.lifetime, now)

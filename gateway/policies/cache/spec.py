@@ -102,17 +102,25 @@ def storable(
 
 
 def freshness_lifetime(
-    response_cc: Mapping[str, str | None], headers: Mapping[str, str], default_ttl: float
+    response_cc: Mapping[str, str | None],
+    headers: Mapping[str, str],
+    default_ttl: float,
+    received_at: float,
 ) -> float:
+    """``received_at`` (epoch seconds) stands in for a missing ``Date``."""
     for name in ("s-maxage", "max-age"):
         seconds = _seconds(response_cc.get(name))
         if seconds is not None:
             return seconds
     if "Expires" in headers:
         expires = _date(headers.get("Expires"))
-        date = _date(headers.get("Date"))
-        if expires is None or date is None:
+        if expires is None:
             return 0.0  # RFC 9111 section 5.3: an invalid Expires means already expired
+        # RFC 9110 section 6.6.1: a recipient adds a missing Date (the time it
+        # received the message) before caching, so that is the origin's "now".
+        date = _date(headers.get("Date")) if "Date" in headers else received_at
+        if date is None:
+            return 0.0
         return max(0.0, expires - date)
     return default_ttl
 
@@ -136,10 +144,13 @@ def vary_names(headers: MultiMapping[str]) -> tuple[str, ...] | None:
 
 def stale_window(response_cc: Mapping[str, str | None], name: str) -> float:
     """Seconds a stale response may still be used for ``stale-while-revalidate`` or
-    ``stale-if-error`` (RFC 5861); zero under ``must-revalidate``/``no-cache``."""
+    ``stale-if-error`` (RFC 5861); zero under ``must-revalidate``/``no-cache``, and
+    under ``s-maxage``, which for a shared cache carries ``proxy-revalidate``'s meaning
+    (RFC 9111 section 5.2.2.10)."""
     if (
         "must-revalidate" in response_cc
         or "proxy-revalidate" in response_cc
+        or "s-maxage" in response_cc
         or "no-cache" in response_cc
     ):
         return 0.0
