@@ -1,6 +1,6 @@
 """The benchmark: the gateway against a direct call, a 30-line proxy and nginx.
 
-    python -m bench.run [--duration 10] [--rounds 3] [--only a,b,c,d,d2,e,f,g,h,i,j,k,l,m,n,o,p]
+    python -m bench.run [--duration 10] [--rounds 3] [--only a,b,c,d,d2,e,f,g,...,p,q,r]
 
 Variants (see bench/README.md for the reasoning):
 
@@ -33,12 +33,17 @@ Variants (see bench/README.md for the reasoning):
         ``cache: {ttl: 2s}`` in front of bench/counting_upstream.py, which counts
     p   o's route, every request with ``If-None-Match: <the entry's ETag>``: every
         answer a 304 with no body
+    q   d's route with ``metrics: {enabled: false}`` and ``tracing: {enabled: false}``
+        (the access log off, as d's): the gateway with its observability off
+    r   d's route with metrics and tracing on (the defaults) and the access log on,
+        written to a file; requests carry no ``traceparent``, so each starts a trace;
+        r/q is reported like the ratios below
     e   the gateway's five-way fan-out, open loop at 200 requests/s
     f   the same with one optional backend slow (500 ms), open loop at 100 requests/s
 
-a to d2 and g to p are closed-loop throughput runs with wrk (``-t1 -c32``; k to n with
+a to d2 and g to r are closed-loop throughput runs with wrk (``-t1 -c32``; k to n with
 a Lua script that POSTs their body). Their servers are all started once and measured in
-interleaved rounds (b, o, i, d, j, p, g, h, k, l, n, m, c, d2, a, the order rotated by
+interleaved rounds (b, o, i, d, j, p, g, h, k, l, n, m, c, d2, q, r, a, the order rotated by
 one each round), each wrk run lasting duration/rounds seconds (rounded up, at least 3)
 after a single warm-up run per server. A shared machine's throughput drifts by 10-15 %
 within minutes, so comparing two variants measured minutes apart compares the machine
@@ -68,7 +73,8 @@ other one. Results are printed and written to bench/results/latest.json.
 Bars (the exit status is 1 when one fails): proxy_throughput, the median per-round d/b
 req/s ratio >= 0.9; api_key_auth, g/d >= 0.85; jwt_auth, h/d >= 0.8; rate_limit_memory,
 i/d >= 0.95; rate_limit_redis, j/d >= 0.8; cache_hit, o/d >= 2.0; not_modified,
-p/d >= 2.0; cache_ttl_upstream_load, the counting upstream's requests during o's TTL
+p/d >= 2.0; observability, r/q >= 0.9; cache_ttl_upstream_load, the counting
+upstream's requests during o's TTL
 open loop <= ceil(duration / 2 s) + 1; rate_limit_added_p50, the p50 of j's
 ``ratelimit;dur=`` over its open loop <= 0.5 ms; idempotency_memory, l/k >= 0.85;
 validation_added_p50, the median per-round n p50 - m p50 <= 0.2 ms (closed loop, so
@@ -141,13 +147,18 @@ ALL_VARIANTS = (
     "n",
     "o",
     "p",
+    "q",
+    "r",
 )
-#: The variants measured with wrk in interleaved rounds: a to j, o and p in front of the
-#: users service, k to n in front of the orders service.
-CLOSED_LOOP = ("a", "b", "c", "d", "d2", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p")
+#: The variants measured with wrk in interleaved rounds: a to j and o to r in front of
+#: the users service, k to n in front of the orders service.
+CLOSED_LOOP = (
+    *("a", "b", "c", "d", "d2", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p"),
+    *("q", "r"),
+)
 #: The gateway's proxy route, with (g, h) or without (d, d2) authentication, or with a
 #: rate limit (i, j); its POST route to the orders service (k to n).
-GATEWAY_PROXIES = ("d", "d2", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p")
+GATEWAY_PROXIES = ("d", "d2", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r")
 #: d's route with a response cache: every GET a hit (o), every GET with the entry's
 #: ETag in If-None-Match a 304 (p).
 CACHED = ("o", "p")
@@ -174,7 +185,12 @@ NAMES = {
     "n": "gateway POST route + validation (2 KB)",
     "o": "gateway proxy route + cache (hits)",
     "p": "gateway proxy route + cache (304s)",
+    "q": "gateway proxy route, observability off",
+    "r": "gateway proxy route + metrics, tracing, log",
 }
+#: q's and r's ``metrics:`` and ``tracing:`` switches: all off (q) or all on (r, whose
+#: access log is on too).
+OBSERVABILITY = {"q": False, "r": True}
 KINDS = ("users", "orders", "recommendations", "inventory", "notifications")
 USER_PATH = "/users/42"
 ORDERS_PATH = "/orders"
@@ -658,7 +674,10 @@ def measure_wrk(
 #: alternating), so that the runs behind the barred comparisons (d/b, o/d, p/d, g/d,
 #: h/d, i/d, j/d, l/k, n - m)
 #: are as close in time as the rotation allows.
-ROUND_ORDER = ("b", "o", "i", "d", "j", "p", "g", "h", "k", "l", "n", "m", "c", "d2", "a")
+ROUND_ORDER = (
+    *("b", "o", "i", "d", "j", "p", "g", "h", "k", "l", "n", "m", "c", "d2"),
+    *("q", "r", "a"),
+)
 #: wrk takes whole seconds, and a run much shorter than this is mostly ramp-up.
 MIN_ROUND_S = 3
 DEFAULT_ROUNDS = 3
@@ -685,6 +704,7 @@ RATIO_PAIRS = (
     ("n", "m"),
     ("o", "d"),
     ("p", "d"),
+    ("r", "q"),
 )
 
 
@@ -710,6 +730,8 @@ CLOSED_LOOP_BARS = {
     "idempotency_memory": RatioBar("l_over_k", BAR_IDEMPOTENCY_MEMORY, "l/k"),
     "cache_hit": RatioBar("o_over_d", BAR_CACHE_SPEEDUP, "o/d"),
     "not_modified": RatioBar("p_over_d", BAR_CACHE_SPEEDUP, "p/d"),
+    # Metrics, tracing and the access log together cost the proxy route at most 10 %.
+    "observability": RatioBar("r_over_q", 0.9, "r/q"),
 }
 
 
@@ -1068,6 +1090,7 @@ def proxy_gateway_config(
     rate_limits: dict[str, Any] | None = None,
     cache: dict[str, Any] | None = None,
     ttl_upstream: str | None = None,
+    observability: bool | None = None,
 ) -> Path:
     """d's route (d2 with an access log); with ``auth`` (api_key or jwt), g's or h's.
 
@@ -1084,6 +1107,9 @@ def proxy_gateway_config(
     ``conditional: {}``, the process's ``cache:`` section at its defaults. With
     ``ttl_upstream`` too, a second route, CACHE_TTL_PATH cached for CACHE_TTL_S, in
     front of that (counting) users service: the TTL check's.
+
+    With ``observability`` (q's False, r's True), ``metrics:`` and ``tracing:`` both
+    switched that way; otherwise both left at their defaults (on).
     """
     route: dict[str, Any] = {"name": "users", "path": "/users/{id}", "methods": ["GET"]}
     extra: dict[str, Any] = {}
@@ -1111,6 +1137,9 @@ def proxy_gateway_config(
         route["cache"] = cache
         route["conditional"] = BENCH_CONDITIONAL
         extra["cache"] = {}
+    if observability is not None:
+        extra["metrics"] = {"enabled": observability}
+        extra["tracing"] = {"enabled": observability}
     route["proxy"] = {"upstream": "users", "timeout": "5s"}
     routes = [route]
     upstreams: dict[str, Any] = {"users": {"targets": [upstream]}}
@@ -2135,8 +2164,10 @@ class Run:
                     "d2": "gateway-log",
                     "o": "gateway-cache",
                     "p": "gateway-cache-304",
+                    "q": "gateway-observability-off",
+                    "r": "gateway-observability-on",
                 }[key]
-                if key == "d2":
+                if key in ("d2", "r"):
                     access_log = self.workdir / name / "access.log"
                 counting = self.upstreams.get("counting")
                 config = proxy_gateway_config(
@@ -2146,6 +2177,7 @@ class Run:
                     str(access_log or "off"),
                     cache=BENCH_CACHE if key in CACHED else None,
                     ttl_upstream=counting.origin if key == "o" and counting else None,
+                    observability=OBSERVABILITY.get(key),
                 )
                 command = [PYTHON, "-m", "gateway", "run", "-c", str(config)]
                 proc = self.start_server(name, command)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from .pipeline import CompiledRoute
+    from .tracing import TraceContext
 
 
 class Clock(Protocol):
@@ -140,3 +141,6 @@ class RequestContext:
     body: bytes | None = None
     #: Headers policies add to the response (rate-limit state), set before it starts.
     response_headers: list[tuple[str, str]] = field(default_factory=list)
+    #: The request's W3C trace; None when tracing is off. Each upstream call sends
+    #: ``trace.child()``.
+    trace: TraceContext | None = None

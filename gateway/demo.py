@@ -8,9 +8,12 @@ an old one again.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from urllib.parse import quote
 
 from examples.services import DEFAULT_PORTS, Behaviour, start_services
 
+from .admin.app import admin_token
 from .config.loader import LoadedConfig
 from .policies.auth import manage
 from .serve import serve
@@ -41,7 +44,33 @@ async def demo_credentials(gateway: Gateway) -> tuple[str, str, str] | None:
     return key.key, created.record.client_id, created.secret
 
 
-async def _banner(gateway: Gateway) -> None:
+def admin_lines(gateway: Gateway, base_dir: Path) -> list[str]:
+    """The banner's admin part: the dashboard's link with the token, the token, curls.
+
+    The token goes in the link's fragment (``#token=``): the browser never sends a
+    fragment, so the token reaches no log, and the page takes it out of the address bar.
+    """
+    config = gateway.runtime.config
+    if gateway.admin_port is None:
+        return []
+    admin = config.admin
+    base = f"http://{admin.listen.host}:{gateway.admin_port}"
+    # The same token the listener checks: the environment variable, else the file.
+    token = admin_token(admin, base_dir)
+    return [
+        "",
+        "Dashboard (live figures per route; the link carries the admin token):",
+        # Encoded: a token from the environment may hold '+' or '&'.
+        f"  {base}/#token={quote(token, safe='')}",
+        "",
+        f"Admin API, token {token}",
+        f"  (from ${admin.token_env}, else {admin.token_file} relative to the config folder)",
+        f"  curl -H 'Authorization: Bearer {token}' {base}/metrics",
+        f"  curl -H 'Authorization: Bearer {token}' {base}/admin/routes",
+    ]
+
+
+async def _banner(gateway: Gateway, base_dir: Path) -> None:
     config = gateway.runtime.config
     base = f"http://{config.server.listen.host}:{gateway.port}"
     services = "  ".join(f"{kind} :{port}" for kind, port in DEFAULT_PORTS.items())
@@ -91,13 +120,7 @@ async def _banner(gateway: Gateway) -> None:
         f"  curl -i -H 'API-Version: 1' {base}/catalog/SKU-1",
         f"  curl -i {base}/catalog/SKU-1",
     ]
-    if gateway.admin_port is not None:
-        admin = config.admin
-        lines += [
-            "",
-            f"Admin API: http://{admin.listen.host}:{gateway.admin_port}/admin/keys "
-            f"(token in ${admin.token_env} or {admin.token_file}, relative to the config folder)",
-        ]
+    lines += admin_lines(gateway, base_dir)
     lines += [
         "",
         "Edit config/routes.yaml and save: the gateway reloads it. Ctrl-C stops everything.",
@@ -113,7 +136,11 @@ async def run_demo(loaded: LoadedConfig) -> int:
     except OSError as exc:
         print(f"cannot start the sample services: {exc}", file=sys.stderr)
         return 1
+
+    async def banner(gateway: Gateway) -> None:
+        await _banner(gateway, loaded.base_dir)
+
     try:
-        return await serve(loaded, on_ready=_banner)
+        return await serve(loaded, on_ready=banner)
     finally:
         await group.close()

@@ -101,10 +101,13 @@ class AccessLog:
         status: int,
         duration: float,
         timings: list[tuple[str, float, str]] | None,
+        trace_id: str | None = None,
     ) -> None:
         if self._stream is None:
             return
-        self._pending.append((wall, request_id, method, path, route, status, duration, timings))
+        self._pending.append(
+            (wall, request_id, method, path, route, status, duration, timings, trace_id)
+        )
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self._hand_over)
 
@@ -140,16 +143,15 @@ class AccessLog:
 
 
 def _encode(entry: tuple[Any, ...]) -> bytes:
-    wall, request_id, method, path, route, status, duration, timings = entry
-    record: dict[str, Any] = {
-        "ts": round(wall, 3),
-        "request_id": request_id,
-        "method": method,
-        "path": path,
-        "route": route,
-        "status": status,
-        "duration_ms": round(duration * 1000, 3),
-    }
+    wall, request_id, method, path, route, status, duration, timings, trace_id = entry
+    record: dict[str, Any] = {"ts": round(wall, 3), "request_id": request_id}
+    if trace_id is not None:
+        record["trace_id"] = trace_id
+    record["method"] = method
+    record["path"] = path
+    record["route"] = route
+    record["status"] = status
+    record["duration_ms"] = round(duration * 1000, 3)
     if timings:
         record["upstreams"] = [
             {"name": name, "duration_ms": round(seconds * 1000, 3), "outcome": outcome}

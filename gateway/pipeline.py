@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from aiohttp import web
 
+from .config.model import RouteSpec
 from .context import RequestContext
+from .metrics.recorder import RouteMetrics
 
 Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]
 
@@ -30,6 +32,19 @@ def build_chain(policies: Sequence[Policy], terminal: Handler) -> Handler:
     return handler
 
 
+def unfold_chain(handler: Handler) -> tuple[list[object], Handler]:
+    """What ``build_chain`` folded: the policies, outermost first, and the terminal.
+
+    For describing a compiled route (the admin API): the order shown is the order
+    requests meet, read from the chain itself rather than rebuilt from the config.
+    """
+    policies: list[object] = []
+    while isinstance(handler, functools.partial) and "call_next" in handler.keywords:
+        policies.append(getattr(handler.func, "__self__", handler.func))
+        handler = handler.keywords["call_next"]
+    return policies, handler
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRoute:
     name: str
@@ -39,3 +54,9 @@ class CompiledRoute:
     #: The request's whole time budget on this route, in seconds.
     budget: float
     handler: Handler
+    #: The config it was compiled from (None for the built-in routes). Left out of
+    #: equality and hashing: a spec may hold dicts (JSON Schemas).
+    spec: RouteSpec | None = field(default=None, compare=False)
+    #: Where its requests are recorded (None when metrics are off); set at config load
+    #: so the request path reaches it with one attribute read.
+    metrics: RouteMetrics | None = field(default=None, compare=False)

@@ -7,13 +7,14 @@ the old Runtime's pools are released only after its last request has finished.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
 from .config.loader import LoadedConfig
 from .config.model import GatewayConfig, HealthSpec, PoolSpec, RouteSpec
 from .context import Clock
+from .metrics.recorder import NO_ROUTE, RouteMetrics, RouteRecorders
 from .pipeline import CompiledRoute, Handler, Policy, build_chain
 from .policies.auth.oauth import JwksEndpoint, TokenEndpoint
 from .policies.auth.policy import ApiKeyMethod, AuthPolicy, JwtMethod, Method, ScopeRule
@@ -44,6 +45,18 @@ class Runtime:
     router: Router[CompiledRoute]
     routes: tuple[CompiledRoute, ...]
     pool_keys: list[PoolKey]
+    #: Whether requests take part in W3C Trace Context (``tracing.enabled``).
+    tracing: bool = True
+    #: Where requests no route matched are recorded; None when metrics are off.
+    unrouted: RouteMetrics | None = None
+    #: Each routed name's budget in seconds (the ``gateway_route_budget_seconds`` gauge).
+    budgets: dict[str, float] = field(default_factory=dict)
+    #: Each routed name's kind, for the dashboard.
+    kinds: dict[str, Literal["proxy", "fanout", "builtin"]] = field(default_factory=dict)
+    #: A header- or media-type-versioned dispatcher's name -> its versions' route names:
+    #: its requests are recorded under the dispatcher's name, but its versions' cache
+    #: and rate-limit policies count under their own.
+    versions: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: Requests currently being answered on this Runtime; it is retired at zero.
     in_flight: int = 0
 
@@ -58,6 +71,8 @@ class Services:
     limiter: Limiter | None = None
     cache: ResponseCache | None = None
     idempotency: IdempotencyStore | None = None
+    #: Every route's metrics recorder by name; they outlive reloads, so counts go on.
+    recorders: RouteRecorders | None = None
 
 
 async def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
@@ -71,34 +86,42 @@ async def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
         # Header and media-type versions share a path: one dispatcher per (path, method)
         # picks the version's route; URI versions are ordinary routes.
         versioned: dict[tuple[str, str], tuple[str, dict[str, CompiledRoute]]] = {}
+        versions: dict[str, tuple[str, ...]] = {}
         for spec in config.routes:
             route = builder.compile(spec)
-            routes.append(route)
             api = config.apis.get(spec.api) if spec.api is not None else None
             if api is not None and api.strategy != "uri" and spec.version is not None:
+                routes.append(route)
                 for method in spec.methods:
                     entry = versioned.setdefault((spec.path, method), (spec.api or "", {}))
                     entry[1][spec.version] = route
                 continue
+            route = builder.instrument(route)
+            routes.append(route)
             router.add(compile_template(spec.path), spec.methods, route)
         for (path, method), (api_name, by_version) in versioned.items():
             sample = next(iter(by_version.values()))
+            name = f"{api_name}:{'|'.join(r.name for r in by_version.values())}"
+            versions[name] = tuple(r.name for r in by_version.values())
             dispatch = VersionDispatch(
                 config.apis[api_name], {version: r.handler for version, r in by_version.items()}
             )
             router.add(
                 compile_template(path),
                 [method],
-                CompiledRoute(
-                    name=f"{api_name}:{'|'.join(r.name for r in by_version.values())}",
-                    path=path,
-                    methods=(method,),
-                    kind=sample.kind,
-                    budget=max(r.budget for r in by_version.values()),
-                    handler=dispatch,
+                builder.instrument(
+                    CompiledRoute(
+                        name=name,
+                        path=path,
+                        methods=(method,),
+                        kind=sample.kind,
+                        budget=max(r.budget for r in by_version.values()),
+                        handler=dispatch,
+                    )
                 ),
             )
         for route in builder.builtin_routes():
+            route = builder.instrument(route)
             router.add(compile_template(route.path), route.methods, route)
             routes.append(route)
     except BaseException:
@@ -111,6 +134,11 @@ async def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
         router=router,
         routes=tuple(routes),
         pool_keys=builder.keys,
+        tracing=config.tracing.enabled,
+        unrouted=builder.recorders.route(NO_ROUTE) if builder.recorders is not None else None,
+        budgets=builder.budgets,
+        kinds=builder.kinds,
+        versions=versions,
     )
 
 
@@ -123,6 +151,9 @@ class _Builder:
         self.limiter = services.limiter
         self.cache = services.cache
         self.idempotency = services.idempotency
+        self.recorders = services.recorders if config.metrics.enabled else None
+        self.budgets: dict[str, float] = {}
+        self.kinds: dict[str, Literal["proxy", "fanout", "builtin"]] = {}
         self.keys: list[PoolKey] = []
         self.jwt = auth.jwt_verifier(config) if auth is not None else None
         server = config.server
@@ -212,7 +243,16 @@ class _Builder:
                 + self._cached(spec, name),
                 terminal,
             ),
+            spec=spec,
         )
+
+    def instrument(self, route: CompiledRoute) -> CompiledRoute:
+        """``route`` with its metrics recorder, for a route that requests reach."""
+        self.budgets[route.name] = route.budget
+        self.kinds[route.name] = route.kind
+        if self.recorders is None:
+            return route
+        return replace(route, metrics=self.recorders.route(route.name))
 
     def _version(self, spec: RouteSpec) -> list[Policy]:
         if spec.api is None or spec.version is None:

@@ -13,12 +13,14 @@ from typing import Any
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import LineTooLong
 
-from .admin.api import admin_app, admin_token
+from .admin.app import admin_app, admin_token
 from .config.errors import ConfigError
 from .config.loader import LoadedConfig, load_config
 from .config.model import GatewayConfig
 from .context import Clock, Deadline, RequestContext, SystemClock
 from .errors import GatewayError, HeadersTooLarge, problem_body, problem_response
+from .metrics.endpoint import metrics_handler
+from .metrics.recorder import RouteRecorders
 from .observability import SERVER_NAME, AccessLog, RequestIds, stamp_response
 from .paths import normalise_path
 from .policies.auth.services import AuthServices, needs_auth
@@ -32,6 +34,7 @@ from .policies.idempotency.store import (
 )
 from .policies.ratelimit.policy import Limiter
 from .runtime import Runtime, Services, build_runtime
+from .tracing import incoming_trace
 from .upstream.headers import BUDGET_HEADER
 from .upstream.pool import PoolRegistry
 
@@ -85,6 +88,8 @@ class Gateway:
         self._registry = PoolRegistry(self.clock)
         self._ids = RequestIds()
         self._access_log = AccessLog.open(loaded.config.server.access_log)
+        #: Every route's metrics recorder by name, kept across reloads.
+        self.recorders = RouteRecorders()
         self._runner: web.ServerRunner | None = None
         self.auth: AuthServices | None = None
         self.limiter: Limiter | None = None
@@ -98,6 +103,8 @@ class Gateway:
         self.reloads_ok = 0
         self.reloads_failed = 0
         self.last_reload_error: str | None = None
+        #: Wall-clock time of the last reload, accepted or refused.
+        self.last_reload_at: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -136,11 +143,10 @@ class Gateway:
         )
         await self._site.start()
         admin = self._loaded.config.admin
-        if admin.enabled and self.auth is not None:
+        if admin.enabled:
             token = admin_token(admin, self._loaded.base_dir)
-            self._admin_runner = web.AppRunner(
-                admin_app(self.auth, self.clock, token, self.cache), access_log=None
-            )
+            app = admin_app(self, token, metrics=metrics_handler(self))
+            self._admin_runner = web.AppRunner(app, access_log=None)
             await self._admin_runner.setup()
             await web.TCPSite(self._admin_runner, admin.listen.host, admin.listen.port).start()
 
@@ -201,6 +207,7 @@ class Gateway:
             self._loaded = loaded
             self.reloads_ok += 1
             self.last_reload_error = None
+            self.last_reload_at = self.clock.wall()
             if loaded.config.server != old.config.server:
                 log.warning("changes under `server:` take effect at the next restart")
             if _store_settings(loaded.config) != _store_settings(old.config):
@@ -221,6 +228,7 @@ class Gateway:
     def _refuse_reload(self, error: str) -> bool:
         self.reloads_failed += 1
         self.last_reload_error = error
+        self.last_reload_at = self.clock.wall()
         log.error("config reload refused; still serving the previous config:\n%s", error)
         return False
 
@@ -232,11 +240,16 @@ class Gateway:
             limiter=self.limiter,
             cache=self.cache,
             idempotency=self.idempotency,
+            recorders=self.recorders,
         )
 
     async def _start_auth_if_needed(self, loaded: LoadedConfig) -> None:
         if self.auth is None and needs_auth(loaded.config):
             self.auth = await AuthServices.start(loaded.config, loaded.base_dir, self.clock)
+
+    @property
+    def cache_bus(self) -> InvalidationBus | None:
+        return self._cache_bus
 
     @property
     def watched_files(self) -> tuple[str, ...]:
@@ -256,16 +269,20 @@ class Gateway:
         runtime.in_flight += 1
         clock = self.clock
         started = clock.monotonic()
-        request_id = self._ids.take(request.headers.get("X-Request-Id"))
+        headers = request.headers
+        request_id = self._ids.take(headers.get("X-Request-Id"))
+        trace = incoming_trace(headers) if runtime.tracing else None
         path, _, query = request.raw_path.partition("?")
         route_name: str | None = None
         ctx: RequestContext | None = None
+        recorder = runtime.unrouted
         try:
             path = normalise_path(path)
             route, params = runtime.router.match(request.method, path)
             route_name = route.name
+            recorder = route.metrics
             budget = route.budget
-            asked = request.headers.get(BUDGET_HEADER)
+            asked = headers.get(BUDGET_HEADER)
             if asked is not None:
                 budget = _shortened(budget, asked)
             ctx = RequestContext(
@@ -277,6 +294,7 @@ class Gateway:
                 request_id=request_id,
                 deadline=Deadline(started + budget, clock),
                 started=started,
+                trace=trace,
             )
             response = await route.handler(ctx)
         except GatewayError as error:
@@ -298,16 +316,23 @@ class Gateway:
                 response.headers["Server"] = SERVER_NAME
             else:
                 stamp_response(ctx, response)
-        if self._access_log.enabled:
-            self._access_log.record(
+        access_log = self._access_log
+        if recorder is None and not access_log.enabled:
+            return response
+        elapsed = clock.monotonic() - started
+        if recorder is not None:
+            recorder.record(response.status, elapsed, ctx)
+        if access_log.enabled:
+            access_log.record(
                 clock.wall(),
                 request_id,
                 request.method,
                 path,
                 route_name,
                 response.status,
-                clock.monotonic() - started,
+                elapsed,
                 ctx.timings if ctx is not None else None,
+                trace.trace_id if trace is not None else None,
             )
         return response
 

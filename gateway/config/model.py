@@ -236,6 +236,20 @@ class AdminSpec(Spec):
     token_file: str = "var/admin-token"  # noqa: S105 - a file path
 
 
+class MetricsSpec(Spec):
+    #: Record every request, upstream call and fan-out for ``GET /metrics`` on the
+    #: admin listener. Off, none is recorded; the endpoint still shows what the cache,
+    #: the limiter, the stores and reloads count anyway.
+    enabled: bool = True
+
+
+class TracingSpec(Spec):
+    #: Take part in W3C Trace Context: keep a valid incoming ``traceparent`` (or start
+    #: a trace), send each upstream call a span id of its own, log the trace id. Off,
+    #: ``traceparent`` and ``tracestate`` pass through like any other header.
+    enabled: bool = True
+
+
 class ScopesSpec(Spec):
     any_of: tuple[str, ...] | None = None
     all_of: tuple[str, ...] | None = None
@@ -562,6 +576,8 @@ class GatewayConfig(Spec):
     server: ServerSpec = ServerSpec()
     auth: AuthSpec = AuthSpec()
     admin: AdminSpec = AdminSpec()
+    metrics: MetricsSpec = MetricsSpec()
+    tracing: TracingSpec = TracingSpec()
     rate_limits: RateLimitsSpec = RateLimitsSpec()
     cache: CacheSpec = CacheSpec()
     idempotency: IdempotencyStoreSpec = IdempotencyStoreSpec()

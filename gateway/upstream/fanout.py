@@ -31,7 +31,11 @@ from .pool import UpstreamPool
 from .urls import UrlTemplate
 
 _JSON = "application/json"
+#: Request headers fan-out backends get as the client sent them. With tracing on,
+#: ``traceparent`` is the gateway's own (a new span per call) and ``tracestate`` the
+#: trace's, so neither is copied.
 _FORWARDED_TO_BACKENDS = ("Accept-Language", "Traceparent", "Tracestate")
+_FORWARDED_WHEN_TRACING = ("Accept-Language",)
 
 
 class Backend:
@@ -83,14 +87,17 @@ class FanoutHandler:
 
         for index, task in enumerate(tasks):
             task.add_done_callback(functools.partial(on_done, index=index))
+        budget_gone = False
         try:
             async with asyncio.timeout(deadline.remaining()):
                 await decided
         except TimeoutError:
-            pass
+            # The loop's timer may fire a hair before the clock reaches the deadline
+            # (uvloop's time is coarser): the budget ran out all the same.
+            budget_gone = True
         finally:
             now = clock.monotonic()
-            budget_gone = now >= deadline.at
+            budget_gone = budget_gone or now >= deadline.at
             outcomes = []
             for backend, task in zip(self._backends, tasks, strict=True):
                 if task.done() and not task.cancelled():
@@ -129,10 +136,13 @@ class FanoutHandler:
         headers: CIMultiDict[str] = CIMultiDict()
         headers["Accept"] = _JSON
         headers["X-Request-Id"] = ctx.request_id
-        for name in _FORWARDED_TO_BACKENDS:
+        trace = ctx.trace
+        for name in _FORWARDED_TO_BACKENDS if trace is None else _FORWARDED_WHEN_TRACING:
             value = incoming.get(name)
             if value is not None:
                 headers[name] = value
+        if trace is not None and trace.state is not None:
+            headers["tracestate"] = trace.state
         for name, value in ctx.upstream_headers:
             headers[name] = value
         return headers
@@ -149,6 +159,8 @@ class FanoutHandler:
         allowed = max(0.0, until - clock.monotonic())
         headers = shared_headers.copy()
         headers[BUDGET_HEADER] = str(int(allowed * 1000))
+        if ctx.trace is not None:
+            headers["traceparent"] = ctx.trace.child()
         target = backend.pool.pick()
         url = URL(target.origin + backend.url.render(ctx.params), encoded=True)
         pool = backend.pool

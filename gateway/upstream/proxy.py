@@ -132,6 +132,14 @@ class ProxyHandler:
             headers.popall(name, None)
         for name, value in ctx.upstream_headers:
             headers[name] = value
+        trace = ctx.trace
+        if trace is not None:
+            headers["traceparent"] = trace.child()
+            # A client's tracestate goes up only with the trace it belongs to.
+            if trace.state is None:
+                headers.popall("tracestate", None)
+            else:
+                headers["tracestate"] = trace.state
         remaining = ctx.deadline.remaining()
         headers[BUDGET_HEADER] = str(int(remaining * 1000))
         if length:
@@ -197,6 +205,10 @@ class ProxyHandler:
             value = ctx.request.headers.get(name)
             if value is not None:
                 headers[name] = value
+        if ctx.trace is not None:
+            headers["traceparent"] = ctx.trace.child()
+            if ctx.trace.state is not None:
+                headers["tracestate"] = ctx.trace.state
         pool = self._pool
         target = pool.pick()
         try:

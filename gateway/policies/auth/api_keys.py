@@ -62,6 +62,8 @@ class ApiKeyVerifier:
         self._verified: dict[str, tuple[Consumer, float, float | None]] = {}
         self._verified_ids: dict[str, str] = {}
         self.last_used: dict[str, float] = {}
+        #: Store calls that failed (lookups and last-use flushes), for the metrics.
+        self.store_errors = 0
 
     def cached(self, credential: str) -> Consumer | None:
         """The consumer of a key that verified recently and is still live."""
@@ -131,6 +133,7 @@ class ApiKeyVerifier:
                 consumer = await self._store.get_consumer(record.consumer_id)
                 entry = (record, consumer.plan if consumer else self._default_plan)
         except StoreError as exc:
+            self.store_errors += 1
             future.set_exception(CredentialsUnavailable(str(exc)))
             future.exception()  # retrieved here: waiters re-raise it themselves
             if cached is not None:
@@ -156,6 +159,7 @@ class ApiKeyVerifier:
         try:
             await self._store.touch_api_keys(batch)
         except StoreError:
+            self.store_errors += 1
             # Put them back: last-use times are informational and may wait.
             for key_id, at in batch.items():
                 self.last_used.setdefault(key_id, at)

@@ -34,10 +34,14 @@ from ...errors import (
 )
 from ...pipeline import Handler
 from ...stores.base import StoreError
-from .store import IdempotencyStore, StoredResponse
+from .store import IdempotencyStore, MemoryIdempotencyStore, StoredResponse
 
 HEADER = "Idempotency-Key"
 _SF_STRING = re.compile(r'^"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"$')
+#: The usual key: quoted, nothing to unescape, no white space around it. Matched whole,
+#: it is the key as it is, without the strip and unescaping of the general case.
+_SF_PLAIN = re.compile(r'"([\x20\x21\x23-\x5b\x5d-\x7e]{1,255})"')
+_ESCAPED = re.compile(r"\\(.)")
 _NOT_REPLAYED = frozenset(
     {"x-request-id", "server-timing", "ratelimit", "ratelimit-policy", "content-length", "date"}
 )
@@ -45,10 +49,16 @@ _NOT_REPLAYED = frozenset(
 
 def parse_key(value: str) -> str | None:
     """The key inside an sf-string, or None when the value is not one (or is empty)."""
+    plain = _SF_PLAIN.fullmatch(value)
+    if plain is not None:
+        return plain.group(1)
     match = _SF_STRING.match(value.strip())
-    if match is None or not match.group(1) or len(match.group(1)) > 255:
+    if match is None:
         return None
-    return re.sub(r"\\(.)", r"\1", match.group(1))
+    inner = match.group(1)
+    if not inner or len(inner) > 255:
+        return None
+    return _ESCAPED.sub(r"\1", inner)
 
 
 class IdempotencyPolicy:
@@ -56,44 +66,65 @@ class IdempotencyPolicy:
         self, store: IdempotencyStore, spec: RouteIdempotencySpec, route_name: str, lock_ttl: float
     ) -> None:
         self._store = store
+        # The memory store answers without a coroutine: called directly, it saves
+        # creating and awaiting one per store call.
+        self._local = store if isinstance(store, MemoryIdempotencyStore) else None
+        if self._local is not None:
+            self._local.prepare(lock_ttl)
+            self._local.prepare(spec.ttl)
         self._spec = spec
-        self._methods = frozenset(spec.methods)
+        self._required = spec.required
+        self._max_body_size = spec.max_body_size
+        self._ttl = spec.ttl
         self._route = route_name
         self._lock_ttl = lock_ttl
+        # The constant middle of the scoped key ("consumer|method|route|key"), per method
+        # the route takes keys on: also the check that the method takes them.
+        self._scopes: dict[str, str] = {
+            method: f"|{method}|{route_name}|" for method in spec.methods
+        }
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:
         request = ctx.request
-        if request.method not in self._methods:
+        method = request.method
+        scope = self._scopes.get(method)
+        if scope is None:
             return await call_next(ctx)
         raw_key = request.headers.get(HEADER)
         if raw_key is None:
-            if self._spec.required:
+            if self._required:
                 raise BadRequest(f"this route needs an {HEADER} header (a quoted string)")
             return await call_next(ctx)
         key = parse_key(raw_key)
         if key is None:
             raise BadRequest(f'{HEADER} must be a quoted string, e.g. {HEADER}: "8e03978e-40d5"')
-        body = ctx.body if ctx.body is not None else await self._read_body(request)
-        ctx.body = body
-        fingerprint = _fingerprint(request.method, ctx.path, ctx.query, request.content_type, body)
-        consumer = ctx.consumer.id if ctx.consumer is not None else "anonymous"
-        scoped = f"{consumer}|{request.method}|{self._route}|{key}"
-        try:
-            begun = await self._store.begin(scoped, fingerprint, self._lock_ttl)
-        except StoreError:
-            raise ServiceUnavailable(
-                "idempotency keys cannot be checked right now", headers={"Retry-After": "1"}
-            ) from None
+        body = ctx.body
+        if body is None:
+            body = ctx.body = await self._read_body(request)
+        fingerprint = _fingerprint(method, ctx.path, ctx.query, request.content_type, body)
+        consumer = ctx.consumer
+        scoped = (consumer.id if consumer is not None else "anonymous") + scope + key
+        local = self._local
+        if local is not None:
+            begun = local.begin_now(scoped, fingerprint, self._lock_ttl)
+        else:
+            try:
+                begun = await self._store.begin(scoped, fingerprint, self._lock_ttl)
+            except StoreError:
+                raise ServiceUnavailable(
+                    "idempotency keys cannot be checked right now", headers={"Retry-After": "1"}
+                ) from None
         if begun.fingerprint != fingerprint:
             raise UnprocessableContent(
                 f"this {HEADER} was used for a different request: use a new key for a new request"
             )
-        if begun.state == "in_flight":
+        state = begun.state
+        if state == "in_flight":
             raise Conflict(
                 f"a request with this {HEADER} is still being answered",
                 headers={"Retry-After": "1"},
             )
-        if begun.state == "done":
+        if state == "done":
             assert begun.response is not None
             return _replay(begun.response)
         try:
@@ -104,19 +135,24 @@ class IdempotencyPolicy:
         stored = self._storable(response)
         if stored is None:
             await self._release(scoped, fingerprint)
-            return response
-        try:
-            await self._store.finish(scoped, fingerprint, stored, self._spec.ttl)
-        except StoreError:
-            await self._release(scoped, fingerprint)
+        elif local is not None:
+            local.finish_now(scoped, fingerprint, stored, self._ttl)
+        else:
+            try:
+                await self._store.finish(scoped, fingerprint, stored, self._ttl)
+            except StoreError:
+                await self._release(scoped, fingerprint)
         return response
 
     async def _release(self, scoped: str, fingerprint: str) -> None:
+        if self._local is not None:
+            self._local.abandon_now(scoped, fingerprint)
+            return
         with contextlib.suppress(StoreError):  # if it fails, the lock expires on its own
             await self._store.abandon(scoped, fingerprint)
 
     async def _read_body(self, request: web.BaseRequest) -> bytes:
-        limit = self._spec.max_body_size
+        limit = self._max_body_size
         try:
             return await read_bounded(request, limit)
         except BodyTooLarge:
@@ -128,29 +164,52 @@ class IdempotencyPolicy:
     def _storable(self, response: web.StreamResponse) -> StoredResponse | None:
         if response.status >= 500 or response.prepared or not isinstance(response, web.Response):
             return None
-        if "Gateway-Partial" in response.headers:
+        headers = response.headers
+        if "Gateway-Partial" in headers:
             return None
-        body = response.body if response.body is not None else b""
-        if not isinstance(body, bytes) or len(body) > self._spec.max_body_size:
+        body = response.body
+        if body is None:
+            body = b""
+        elif not isinstance(body, bytes) or len(body) > self._max_body_size:
             return None
-        headers = tuple(
-            (name, value)
-            for name, value in response.headers.items()
-            if name.lower() not in _NOT_REPLAYED
+        # str(name): plain strings, not multidict's ``istr``, so the memory store packs
+        # them as they are.
+        kept = tuple(
+            [
+                (str(name), value)
+                for name, value in headers.items()
+                if name.lower() not in _NOT_REPLAYED
+            ]
         )
-        return StoredResponse(response.status, headers, body)
+        return StoredResponse(response.status, kept, body)
 
 
 def _fingerprint(method: str, path: str, query: str, content_type: str, body: bytes) -> str:
     canonical = body
     if content_type == "application/json" or content_type.endswith("+json"):
-        with contextlib.suppress(orjson.JSONDecodeError):
+        # try/except rather than contextlib.suppress: this runs on every request, and
+        # the context manager's Python-level __exit__ cost as much as the hashing.
+        try:  # noqa: SIM105
             canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
-    digest = hashlib.sha256()
-    for part in (method.encode(), path.encode(), query.encode(), canonical):
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return digest.hexdigest()
+        except orjson.JSONDecodeError:
+            pass  # not JSON after all: its bytes as they are
+    method_bytes, path_bytes, query_bytes = method.encode(), path.encode(), query.encode()
+    # Each part behind its length, so no two different requests hash the same bytes;
+    # hashed in one call, which gives the digest that one update per part did.
+    return hashlib.sha256(
+        b"".join(
+            (
+                len(method_bytes).to_bytes(8, "big"),
+                method_bytes,
+                len(path_bytes).to_bytes(8, "big"),
+                path_bytes,
+                len(query_bytes).to_bytes(8, "big"),
+                query_bytes,
+                len(canonical).to_bytes(8, "big"),
+                canonical,
+            )
+        )
+    ).hexdigest()
 
 
 def _replay(stored: StoredResponse) -> web.Response:

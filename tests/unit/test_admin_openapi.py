@@ -1,0 +1,114 @@
+"""The admin API's OpenAPI document and its aiohttp app describe the same operations."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+from aiohttp import web
+
+from gateway.admin import fields
+from gateway.admin.app import PUBLIC_PATHS, admin_app
+from gateway.admin.openapi import DOCUMENT
+from gateway.config.model import GatewayConfig
+from gateway.context import SystemClock
+
+
+class _Gateway:
+    clock = SystemClock()
+    auth = None
+    cache = None
+    reloads_ok = reloads_failed = 0
+    last_reload_error = last_reload_at = None
+
+    runtime = SimpleNamespace(config=GatewayConfig(), files=(), routes=())
+
+    async def reload(self) -> bool:
+        return True
+
+
+def test_every_registered_route_is_documented_and_nothing_else() -> None:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app = admin_app(_Gateway(), "token", metrics=metrics)  # type: ignore[arg-type]
+    registered = {
+        (route.method.lower(), route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None
+    }
+    documented = {
+        (method, path) for path, operations in DOCUMENT["paths"].items() for method in operations
+    }
+    assert registered == documented
+    assert len(registered) == 19
+
+
+def test_only_the_probes_and_the_dashboard_page_are_public() -> None:
+    public = {
+        path
+        for path, operations in DOCUMENT["paths"].items()
+        for operation in operations.values()
+        if operation.get("security") == []
+    }
+    assert public == PUBLIC_PATHS == {"/", "/healthz", "/readyz"}
+    for path, operations in DOCUMENT["paths"].items():
+        for operation in operations.values():
+            assert ("401" in operation["responses"]) == (path not in PUBLIC_PATHS), path
+
+
+def test_every_ref_resolves() -> None:
+    text = repr(DOCUMENT)
+    for kind, name in re.findall(r"#/components/(\w+)/(\w+)", text):
+        assert name in DOCUMENT["components"][kind], name
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("acme", True),
+        ("a@b.example", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("", False),
+        ("a b", False),
+        ("a\nb", False),
+        ("caf\u00e9", False),
+    ],
+)
+def test_identifier_rule_is_one_for_python_and_the_document(value: str, valid: bool) -> None:
+    # The document's pattern, read as ECMA-262 reads it: anchored, ASCII classes.
+    assert bool(re.fullmatch(fields.IDENTIFIER[1:-1], value, re.ASCII)) is valid
+    body = {"consumer": value}
+    if valid:
+        assert fields.identifier(body, "consumer", required=True) == value
+    else:
+        with pytest.raises(Exception, match="consumer"):
+            fields.identifier(body, "consumer", required=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("90d", 90 * 86400.0),
+        ("1.5s", 1.5),
+        ("250ms", 0.25),
+        (0, 0.0),
+        (3600, 3600.0),
+        (fields.MAX_SECONDS, float(fields.MAX_SECONDS)),
+        (fields.MAX_SECONDS + 1, None),
+        (-1, None),
+        (True, None),
+        ("5", None),
+        (" 5s", None),
+        ("\u0665s", None),  # an Arabic-Indic digit: \d in Python, not in JSON Schema
+        ("1" * 10 + "d", None),
+    ],
+)
+def test_duration_rule(value: object, seconds: float | None) -> None:
+    if seconds is None:
+        with pytest.raises(Exception, match="ttl"):
+            fields.duration({"ttl": value}, "ttl", None)
+    else:
+        assert fields.duration({"ttl": value}, "ttl", None) == seconds
