@@ -546,6 +546,36 @@ async def test_redis_store_limits_over_http(
         await client.aclose()
 
 
+async def raw_status(url: str, request: bytes) -> int:
+    """The status of one request written byte for byte (a client library would refuse
+    to send a header that is not valid text)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        status_line = await reader.readline()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+
+
+async def test_a_header_subject_that_is_not_utf8_is_limited_like_any_other(
+    redis_gateway: Any, private_redis_server: RedisServer
+) -> None:
+    gw = await redis_gateway(private_redis_server.url)
+    request = (
+        b"GET /open HTTP/1.1\r\nHost: gw\r\nX-Tenant: caf\xe9\xff\r\nConnection: close\r\n\r\n"
+    )
+    statuses_seen = [await raw_status(gw.url, request) for _ in range(11)]
+    assert statuses_seen == [200] * 10 + [429]
+    client = Redis.from_url(private_redis_server.url)
+    try:
+        assert await client.pttl(b"{rl:h:X-Tenant:caf\xe9\xff}:burst") > 500_000
+    finally:
+        await client.aclose()
+
+
 async def test_redis_down_fail_open_admits_and_marks(
     redis_gateway: Any, private_redis_server: RedisServer, http: aiohttp.ClientSession
 ) -> None:

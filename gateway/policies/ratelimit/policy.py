@@ -32,6 +32,10 @@ DEGRADED_HEADER = "Gateway-RateLimit"
 #: grows past this (many distinct clients) it is emptied rather than tracked by age.
 _MAX_REMEMBERED_SUBJECTS = 100_000
 
+#: Per route: the subjects whose storage keys are kept made. Small, since a subject may
+#: come from a client's header: past it the memo starts again (keys are cheap to make).
+_MAX_SUBJECT_KEYS = 10_000
+
 _QUOTA_NAMES = {86400.0: "daily", 3600.0: "hourly", 60.0: "minutely", 604800.0: "weekly"}
 
 
@@ -153,9 +157,8 @@ class Limiter:
     async def decide(
         self, keys: Sequence[str], limits: tuple[Limit, ...], cost: int
     ) -> Decision | None:
-        """The store's decision, or None when it cannot answer in time."""
-        if not self.remote:
-            return await self.local.decide(keys, limits, cost)
+        """The remote store's decision, or None when it cannot answer in time. (The
+        memory store is asked directly: ``local.decide_now``.)"""
         if not self.breaker.allow():
             return None
         try:
@@ -265,7 +268,7 @@ class RateLimitPolicy:
         # Per subject and route: a refusal depends on the route's own limits and cost,
         # so it must not refuse the subject's requests on other routes.
         found = _SubjectKeys(limit_set, keys, tag + self._route_prefix)
-        if len(self._subject_keys) >= _MAX_REMEMBERED_SUBJECTS:
+        if len(self._subject_keys) >= _MAX_SUBJECT_KEYS:
             self._subject_keys.clear()  # bounded: it only saves rebuilding strings
         self._subject_keys[subject] = found
         return found
@@ -299,7 +302,7 @@ class RateLimitPolicy:
             decision = await limiter.decide(keys, limits, self._cost)
             ctx.policy_timings.append(("ratelimit", limiter.clock.monotonic() - now))
             if decision is None:
-                decision = await self._store_down(ctx, keys, limit_set)
+                decision = self._store_down(ctx, keys, limit_set)
                 if decision is None:
                     return await call_next(ctx)
         headers = ctx.response_headers
@@ -322,7 +325,7 @@ class RateLimitPolicy:
             "the rate limit is exceeded", headers={"Retry-After": _seconds(retry)}
         )
 
-    async def _store_down(
+    def _store_down(
         self, ctx: RequestContext, keys: Sequence[str], limit_set: LimitSet
     ) -> Decision | None:
         mode = self._spec.on_store_down
@@ -335,7 +338,7 @@ class RateLimitPolicy:
         if mode == "local_fallback":
             self._count("local_fallback")
             ctx.response_headers.append((DEGRADED_HEADER, "local-fallback"))
-            return await limiter.local.decide(keys, limit_set.fallback, self._cost)
+            return limiter.local.decide_now(keys, limit_set.fallback, self._cost)
         self._count("store_down_admitted")
         ctx.response_headers.append((DEGRADED_HEADER, "store-unavailable"))
         return None

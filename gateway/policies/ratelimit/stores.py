@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections import deque
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Protocol
@@ -82,7 +83,9 @@ _SCRIPT = resources.files(__package__).joinpath("limiter.lua").read_text()
 #: ``EVALSHA`` names the script by this digest: known without asking the server.
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
+#: A decision on its way: the command, when it fails (loop time), its answer's future.
 _Pending = tuple[bytes, float, "asyncio.Future[list[int]]"]
+_MAX_ENCODED_LIMIT_SETS = 1024
 
 
 class RedisLimiterStore:
@@ -96,6 +99,11 @@ class RedisLimiterStore:
     packer, whose per-command cost was most of a decision's: everything but the keys
     (the script's digest, the limits' parameters, the cost) is encoded once per limit
     set and reused. The library still owns the connection and parses the replies.
+
+    Every decision fails with ``StoreError`` at ``timeout`` after it was asked, also
+    when it queued behind a slow batch. That is kept by one timer for all of them (they
+    expire in the order they were asked), not one per request; a batch that outlives a
+    whole ``timeout`` on the wire drops the connection.
     """
 
     def __init__(self, client: aioredis.Redis, timeout: float) -> None:
@@ -104,7 +112,11 @@ class RedisLimiterStore:
         self._sha = _SCRIPT_SHA
         self._queue: list[_Pending] = []
         self._flushing: asyncio.Task[None] | None = None
+        #: Every decision not yet answered, oldest first: what the reaper watches.
+        self._waiting: deque[_Pending] = deque()
+        self._reaper: asyncio.TimerHandle | None = None
         #: id(limits) -> (limits, the encoded arguments after the keys and the cost).
+        #: Limit sets are made at config load; the bound only matters across reloads.
         self._encoded_limits: dict[int, tuple[Sequence[Limit], bytes]] = {}
         self._heads: dict[int, bytes] = {}
         self._costs: dict[int, bytes] = {}
@@ -126,15 +138,33 @@ class RedisLimiterStore:
     async def decide(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
-        self._queue.append((self._command(keys, limits, cost), loop.time(), future))
+        entry = (self._command(keys, limits, cost), loop.time() + self._timeout, future)
+        self._queue.append(entry)
+        self._waiting.append(entry)
+        if self._reaper is None:
+            self._reaper = loop.call_at(entry[1], self._reap)
         if self._flushing is None:
             self._flushing = loop.create_task(self._flush())
         return _decision(await future, len(limits))
+
+    def _reap(self) -> None:
+        """Fail the decisions whose time is up; wake again for the next one's."""
+        waiting = self._waiting
+        now = asyncio.get_running_loop().time()
+        while waiting and (waiting[0][2].done() or waiting[0][1] <= now):
+            _, _, future = waiting.popleft()
+            if not future.done():
+                future.set_exception(StoreError("redis did not answer in time"))
+        self._reaper = (
+            asyncio.get_running_loop().call_at(waiting[0][1], self._reap) if waiting else None
+        )
 
     def _command(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> bytes:
         """``EVALSHA sha n key... cost limit-args...`` in RESP, encoded."""
         encoded = self._encoded_limits.get(id(limits))
         if encoded is None or encoded[0] is not limits:
+            if len(self._encoded_limits) >= _MAX_ENCODED_LIMIT_SETS:
+                self._encoded_limits.clear()  # old reloads' limit sets; rebuilt on demand
             encoded = (limits, _bulk_strings(_limit_args(limits)))
             self._encoded_limits[id(limits)] = encoded
         head = self._heads.get(len(keys))
@@ -147,29 +177,24 @@ class RedisLimiterStore:
             cost_bytes = self._costs[cost] = _bulk_strings([cost])
         parts = [head]
         for key in keys:
-            raw = key.encode()
+            # A subject taken from a request header may hold bytes that are not UTF-8
+            # (aiohttp keeps them as surrogates): they go to Redis as they came.
+            raw = key.encode("utf-8", "surrogateescape")
             parts.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
         parts.append(cost_bytes)
         parts.append(encoded[1])
         return b"".join(parts)
 
     async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
+        batch: list[_Pending] = []
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                # Each decision waits at most ``timeout`` from when it was asked, also
-                # when it queued behind the previous batch: the batch gets what is left
-                # of its oldest member's slice.
-                now = loop.time()
-                expired = [entry for entry in batch if now - entry[1] >= self._timeout]
-                _fail(expired, StoreError("redis did not answer in time"))
-                batch = [entry for entry in batch if not entry[2].done()]
+                batch = [entry for entry in batch if not entry[2].done()]  # reaped
                 if not batch:
                     continue
-                left = self._timeout - (now - min(entry[1] for entry in batch))
                 try:
-                    async with asyncio.timeout(left):
+                    async with asyncio.timeout(self._timeout):
                         await self._send(batch)
                 except TimeoutError:
                     # The connection may hold half an answer: drop it, fail the batch.
@@ -177,8 +202,14 @@ class RedisLimiterStore:
                     if connection is not None:
                         await connection.disconnect(nowait=True)
                     _fail(batch, StoreError("redis did not answer in time"))
+                batch = []
         finally:
             self._flushing = None
+            # Cancelled (closing) or a bug: nobody may be left waiting for an answer.
+            stopped = StoreError("the limiter store stopped")
+            _fail(batch, stopped)
+            _fail(self._queue, stopped)
+            self._queue = []
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
@@ -218,6 +249,11 @@ class RedisLimiterStore:
             self._flushing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flushing
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        _fail(list(self._waiting), StoreError("the limiter store stopped"))
+        self._waiting.clear()
         await self._redis.aclose()
 
 
