@@ -1016,11 +1016,13 @@ async def test_a_failed_write_invalidates_nothing(
     assert all((await cached_now(http, gw.url)).values())
 
 
+@pytest.mark.parametrize("invalidation", ["write", "prefix purge"])
 async def test_a_read_that_began_before_a_write_is_not_stored_after_it(
-    start_gateway, upstream, clock, http
+    start_gateway, upstream, clock, http, invalidation
 ) -> None:
-    # A GET reaches the upstream, then a PUT succeeds (and invalidates), then the GET's
-    # answer arrives: storing it now would serve the pre-write version for the ttl.
+    # A GET reaches the upstream, then a PUT succeeds (and invalidates) or the admin
+    # purges the prefix, then the GET's answer arrives: storing it now would serve the
+    # pre-write version for the ttl.
     gw = await items_gateway(start_gateway, upstream, clock)
     state = {"version": 1}
     gate = asyncio.Event()
@@ -1042,7 +1044,12 @@ async def test_a_read_that_began_before_a_write_is_not_stored_after_it(
                 break
             await asyncio.sleep(0.01)
         assert upstream.calls() == 1
-        assert (await fetch(http, url, "PUT")).status == 200
+        if invalidation == "write":
+            assert (await fetch(http, url, "PUT")).status == 200
+        else:
+            state["version"] += 1  # a write the gateway did not see, then a purge
+            assert gw.gateway.cache is not None
+            gw.gateway.cache.purge_prefix("/v1/items/")
     finally:
         gate.set()
     assert (await reading).text == "version 1"

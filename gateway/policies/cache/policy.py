@@ -62,6 +62,7 @@ class ResponseCache:
         self.clock = clock
         self.inflight: dict[str, asyncio.Future[str]] = {}
         self._generations: dict[str, int] = {}
+        self._prefix_purges = 0
         self.refreshing: set[str] = set()
         #: Called with the paths a write invalidated (the Redis publisher, if any).
         self.publish: Callable[[list[str]], None] | None = None
@@ -75,19 +76,13 @@ class ResponseCache:
         """The result counts of ``route``, to be incremented by its policy."""
         return self.by_route.setdefault(route, {})
 
-    @property
-    def counts(self) -> dict[str, int]:
-        """Results by outcome over every route."""
-        total: dict[str, int] = {}
-        for counts in self.by_route.values():
-            for outcome, count in counts.items():
-                total[outcome] = total.get(outcome, 0) + count
-        return total
-
     def generation(self, path: str) -> int:
-        """How many times ``path`` was invalidated: a fetch that began before the last
-        invalidation must not store its (older) answer."""
-        return self._generations.get(path, 0)
+        """How many times ``path`` was invalidated (by path or under a purged prefix): a
+        fetch that began before the last invalidation must not store its (older) answer.
+
+        Prefix purges are counted once for every path: a purge then stops every fetch in
+        flight from storing, not only those under the prefix, which is rare and safe."""
+        return self._generations.get(path, 0) + self._prefix_purges
 
     def invalidate(self, paths: list[str], *, announce: bool = True) -> int:
         if len(self._generations) > 100_000:
@@ -101,6 +96,7 @@ class ResponseCache:
 
     def purge_prefix(self, prefix: str, *, announce: bool = True) -> int:
         """Drop every entry under ``prefix`` here, and ask the other nodes to."""
+        self._prefix_purges += 1
         dropped = self.store.purge_prefix(prefix)
         if announce and self.publish_prefix is not None:
             self.publish_prefix(prefix)
