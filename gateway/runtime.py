@@ -103,9 +103,7 @@ async def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
             sample = next(iter(by_version.values()))
             name = f"{api_name}:{'|'.join(r.name for r in by_version.values())}"
             versions[name] = tuple(r.name for r in by_version.values())
-            dispatch = VersionDispatch(
-                config.apis[api_name], {version: r.handler for version, r in by_version.items()}
-            )
+            dispatch = VersionDispatch(config.apis[api_name], by_version)
             router.add(
                 compile_template(path),
                 [method],

@@ -25,9 +25,9 @@ from email.utils import formatdate
 from aiohttp import web
 
 from ..config.model import ApiSpec, VersionSpec
-from ..context import Clock, RequestContext
+from ..context import Clock, Deadline, RequestContext
 from ..errors import BadRequest, Gone, NotAcceptable, NotFound
-from ..pipeline import Handler
+from ..pipeline import CompiledRoute, Handler
 
 _VERSION = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
 
@@ -63,22 +63,28 @@ class VersionPolicy:
 
 
 class VersionDispatch:
-    """One path, several versions (header or media type strategy): pick the handler."""
+    """One path, several versions (header or media type strategy): pick the version's
+    route, which then stands for the request (its kind, its budget)."""
 
-    def __init__(self, api: ApiSpec, handlers: dict[str, Handler]) -> None:
+    def __init__(self, api: ApiSpec, routes: dict[str, CompiledRoute]) -> None:
         self._api = api
-        self._handlers = handlers
+        self._routes = routes
         prefix = (api.media_type or "").lower() + ".v"
         self._media_prefix = prefix
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
         version = self._requested(ctx.request)
-        handler = self._handlers.get(version)
-        if handler is None:
+        route = self._routes.get(version)
+        if route is None:
             if self._api.strategy == "media_type":
                 raise NotAcceptable(f"version {version} of this API is not served")
             raise NotFound(f"version {version} of this API is not served")
-        return await handler(ctx)
+        ctx.route = route
+        # The dispatcher's budget is its longest version's: hold this one to its own.
+        own_end = ctx.started + route.budget
+        if own_end < ctx.deadline.at:
+            ctx.deadline = Deadline(own_end, ctx.deadline.clock)
+        return await route.handler(ctx)
 
     def _requested(self, request: web.BaseRequest) -> str:
         api = self._api
@@ -99,11 +105,11 @@ class VersionDispatch:
         if not asked:
             return self._default(f"ask for {api.media_type}.v<N>+json")
         for version in asked:
-            if version in self._handlers:
+            if version in self._routes:
                 return version
         raise NotAcceptable(
             f"none of the versions asked for ({', '.join(asked)}) is served; served: "
-            + ", ".join(f"{api.media_type}.v{v}+json" for v in self._handlers)
+            + ", ".join(f"{api.media_type}.v{v}+json" for v in self._routes)
         )
 
     def _default(self, hint: str) -> str:

@@ -163,6 +163,55 @@ async def test_request_histograms_by_route_and_status(
     }
 
 
+async def test_a_fanout_version_behind_a_header_dispatcher_records_its_partials(
+    start_gateway: Any, http: aiohttp.ClientSession, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """v1 is a proxy, v2 a fan-out with a part that times out: v2's partial answers and
+    budget use are recorded (under the dispatcher's name), v1's requests are not."""
+    fast = await serve(aiohttp_server, json_reply({"id": 1}))
+    slow = await serve(aiohttp_server, json_reply({"late": True}, delay=2.0))
+    gw = await start_gateway(
+        f"""
+        routes:
+          - name: cat-v1
+            path: /cat/{{id}}
+            api: cat
+            version: "1"
+            proxy: {{url: '{fast}'}}
+          - name: cat-v2
+            path: /cat/{{id}}
+            api: cat
+            version: "2"
+            fanout:
+              budget: 100ms
+              backends:
+                user: {{url: '{fast}/u/{{id}}', required: true}}
+                slow: {{url: '{slow}/s'}}
+        """,
+        top=admin_top(
+            tmp_path,
+            """
+            apis:
+              cat:
+                strategy: header
+                header: API-Version
+                default: "1"
+                versions: {"1": {}, "2": {}}
+            """,
+        ),
+    )
+    for version in ("1", "2", "2", "1", "2"):
+        async with http.get(f"{gw.url}/cat/7", headers={"API-Version": version}) as response:
+            assert response.status == 200
+            assert ("Gateway-Partial" in response.headers) == (version == "2")
+
+    samples = await scrape(http, gw)
+    assert of_name(samples, "gateway_partial_responses_total") == {
+        frozenset({("route", "cat:cat-v1|cat-v2"), ("missing", "slow")}): 3
+    }
+    assert value(samples, "gateway_fanout_budget_used_ratio_count", route="cat:cat-v1|cat-v2") == 3
+
+
 async def test_fanout_timeouts_partials_and_budget_used(
     start_gateway: Any, http: aiohttp.ClientSession, aiohttp_server: Any, tmp_path: Path
 ) -> None:
