@@ -45,7 +45,12 @@ async def serve(
 ) -> int:
     """Run a gateway until SIGINT/SIGTERM, reloading on file change and SIGHUP."""
     gateway = Gateway(loaded)
-    await gateway.start()
+    try:
+        await gateway.start()
+    except (OSError, ValueError) as exc:
+        # A port in use, an empty admin token file: say so plainly, no traceback.
+        print(f"gateway: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
     # Everything allocated so far (modules, config, pools) lives as long as the
     # process: move it out of the collector's sight, so the full collections that
     # request garbage triggers do not rescan it (they showed up as p99 spikes).

@@ -14,6 +14,7 @@ from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import LineTooLong
 
 from .admin.app import admin_app, admin_token
+from .admin.redact import scrub
 from .config.errors import ConfigError
 from .config.loader import LoadedConfig, load_config
 from .config.model import GatewayConfig
@@ -109,6 +110,9 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
+        admin = self._loaded.config.admin
+        # First, before anything listens: a missing or empty token stops the start.
+        admin_key = admin_token(admin, self._loaded.base_dir) if admin.enabled else None
         await self._start_auth_if_needed(self._loaded)
         self.limiter = Limiter(self._loaded.config.rate_limits, self.clock)
         cache_spec = self._loaded.config.cache
@@ -144,8 +148,8 @@ class Gateway:
         await self._site.start()
         admin = self._loaded.config.admin
         if admin.enabled:
-            token = admin_token(admin, self._loaded.base_dir)
-            app = admin_app(self, token, metrics=metrics_handler(self))
+            assert admin_key is not None
+            app = admin_app(self, admin_key, metrics=metrics_handler(self))
             self._admin_runner = web.AppRunner(app, access_log=None)
             await self._admin_runner.setup()
             await web.TCPSite(self._admin_runner, admin.listen.host, admin.listen.port).start()
@@ -229,7 +233,8 @@ class Gateway:
         self.reloads_failed += 1
         self.last_reload_error = error
         self.last_reload_at = self.clock.wall()
-        log.error("config reload refused; still serving the previous config:\n%s", error)
+        # The error may quote a value from the file: a URL with a password in it.
+        log.error("config reload refused; still serving the previous config:\n%s", scrub(error))
         return False
 
     def _services(self) -> Services:

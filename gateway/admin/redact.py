@@ -23,10 +23,8 @@ _SECRET_WORDS = frozenset(
 # Key names that are exactly these hold a secret; names that merely contain "token"
 # (``token_ttl``, ``token_path``, ``token_env``) are settings about one.
 _SECRET_KEYS = frozenset({"password", "secret", "client_secret", "token", "pepper", "private_key"})
-# scheme://user:password@ (or scheme://token@) inside any text: an error quoting a value.
-_USERINFO = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*)(?P<password>:[^@/\s]*)?@"
-)
+# A URL inside free text (an error quoting a value): up to whitespace or a quote.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def redact(value: Any) -> Any:
@@ -49,9 +47,12 @@ def redact_url(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return scrub(url)
+        # Not parseable as a URL: mask everything between the scheme and the last "@".
+        scheme, sep, rest = url.partition("://")
+        return f"{scheme}{sep}{MASK}@{rest.rpartition('@')[2]}" if "@" in rest else url
     netloc = parts.netloc
     if "@" in netloc:
+        # The last "@" ends the userinfo: a raw "@" inside a password stays masked.
         userinfo, _, host = netloc.rpartition("@")
         user, colon, _ = userinfo.partition(":")
         netloc = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
@@ -74,11 +75,6 @@ def _secret_name(name: str) -> bool:
 
 
 def scrub(text: str) -> str:
-    """Free text (an error message) with the passwords of any URLs in it masked."""
-
-    def masked(match: re.Match[str]) -> str:
-        if match["password"] is None:
-            return f"{match['scheme']}{MASK}@"
-        return f"{match['scheme']}{match['user']}:{MASK}@"
-
-    return _USERINFO.sub(masked, text)
+    """Free text (an error message) with every URL in it redacted as ``redact_url``
+    does: passwords in the userinfo and credentials in the query."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match[0]), text)

@@ -170,3 +170,29 @@ async def test_shipped_demo_config_serves_the_sample_services(tmp_path, http) ->
             await gateway.stop()
     finally:
         await group.close()
+
+
+async def test_an_empty_admin_token_file_stops_the_start_plainly(tmp_path: Path) -> None:
+    (tmp_path / "admin-token").write_text("\n")
+    config = write_gateway_config(
+        tmp_path,
+        "routes: []\n",
+        top=f"""
+        auth:
+          sqlite_path: {tmp_path / "credentials.db"}
+          pepper_file: {tmp_path / "pepper.json"}
+        admin:
+          enabled: true
+          listen: {{host: 127.0.0.1, port: 0}}
+          token_env: GATEWAY_TEST_TOKEN_NEVER_SET
+          token_file: {tmp_path / "admin-token"}
+        """,
+    )
+    process = await run_cli("run", "-c", str(config))
+    assert process.stderr is not None
+    stderr = (await asyncio.wait_for(process.stderr.read(), 20)).decode()
+    assert await process.wait() == 1
+    assert "cannot start" in stderr, stderr
+    assert "is empty" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert "listening on" not in stderr

@@ -63,3 +63,18 @@ def test_error_texts_are_scrubbed() -> None:
     assert "tok3n" not in scrubbed
     assert "http://ops:***@h x" in scrubbed
     assert "routes.yaml:4: upstreams.a.targets[0]" in scrubbed
+
+
+def test_error_texts_lose_query_credentials_and_passwords_with_an_at_sign() -> None:
+    text = (
+        "rate_limits.redis_url: cannot connect to redis://h/0?password=s3cret&db=1; "
+        "upstream 'http://ops:p@ss@10.0.0.1:9101/x' refused; "
+        'value "rediss://:s3cret@r:6379/0" is not a URL'
+    )
+    shown = scrub(text)
+    assert "s3cret" not in shown
+    assert "ss@10" not in shown
+    assert "redis://h/0?password=***&db=1" in shown
+    assert "'http://ops:***@10.0.0.1:9101/x'" in shown
+    assert '"rediss://:***@r:6379/0"' in shown
+    assert scrub("no url here: a@b and c:d") == "no url here: a@b and c:d"
