@@ -176,6 +176,9 @@ async def _discard(stream: asyncio.StreamReader) -> None:
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
     if process.returncode is not None:
+        # The browser is gone, but its helper processes (its own group) may not be.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         return
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError):

@@ -202,6 +202,13 @@ async def bench_process(*args: str) -> asyncio.subprocess.Process:
     )
 
 
+async def reap(process: asyncio.subprocess.Process) -> None:
+    """A command a failed test left running must not outlive the test."""
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
 async def test_the_command_prints_the_table_and_writes_its_files(
     dashboard: str, tmp_path: Path
 ) -> None:
@@ -219,7 +226,10 @@ async def test_the_command_prints_the_table_and_writes_its_files(
         "--json",
         str(figures),
     )
-    out, err = await asyncio.wait_for(process.communicate(), 20)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        await reap(process)
     assert process.returncode == 0, err.decode()
     text = out.decode()
     assert "20 requests at 40/s" in text
@@ -235,11 +245,14 @@ async def test_ctrl_c_stops_the_run_and_still_reports(dashboard: str, tmp_path: 
         dashboard, "--rate", "40", "--duration", "60s", "--json", str(figures)
     )
     assert process.stderr is not None
-    # Wait for the run to be under way (a progress line), then interrupt it.
-    while b"answered" not in (line := await asyncio.wait_for(process.stderr.readline(), 20)):
-        assert line, "the command ended before it reported progress"
-    process.send_signal(signal.SIGINT)
-    out, err = await asyncio.wait_for(process.communicate(), 10)
+    try:
+        # Wait for the run to be under way (a progress line), then interrupt it.
+        while b"answered" not in (line := await asyncio.wait_for(process.stderr.readline(), 20)):
+            assert line, "the command ended before it reported progress"
+        process.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(process.communicate(), 10)
+    finally:
+        await reap(process)
     assert process.returncode == 0, err.decode()
     text = out.decode()
     assert "stopped early" in text
