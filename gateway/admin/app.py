@@ -133,8 +133,12 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
 async def _require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS:
         return await handler(request)
-    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-    if not hmac.compare_digest(given, request.app[_TOKEN]):
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    given = credentials.strip().encode("utf-8", "surrogateescape")
+    # The scheme is case-insensitive (RFC 9110 section 11.1); the token is compared in
+    # constant time whatever the scheme, so timing tells nothing about either.
+    matches = hmac.compare_digest(given, request.app[_TOKEN])
+    if not (matches and scheme.lower() == "bearer"):
         return problem(
             401,
             "Unauthorized",
@@ -151,7 +155,7 @@ def admin_app(
     here so that this module registers every route the OpenAPI document describes."""
     app = web.Application(middlewares=[_problems, _require_token], client_max_size=MAX_BODY)
     app[GATEWAY] = gateway
-    app[_TOKEN] = ("Bearer " + token).encode()
+    app[_TOKEN] = token.encode()
     readiness = Readiness(gateway, gateway.runtime.config)
     app[READINESS] = readiness
 

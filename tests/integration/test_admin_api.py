@@ -122,6 +122,14 @@ async def test_every_operation_needs_the_token_but_the_probes(
     async with http.get(admin.url + "/") as response:
         assert response.status == 200
         assert response.content_type == "text/html"
+    # The scheme is case-insensitive; the token itself must follow it.
+    token = admin.auth["Authorization"].removeprefix("Bearer ")
+    for scheme, expected in (("bearer", 200), ("BEARER", 200), ("Basic", 401), ("", 401)):
+        value = f"{scheme} {token}" if scheme else token
+        status, _, _ = await admin.call(
+            "GET", "/admin/routes", token=False, headers={"Authorization": value}
+        )
+        assert status == expected, value
     # Unknown paths too: without the token nothing about the API is learnt.
     status, _, _ = await admin.call("GET", "/admin/nothing", token=False)
     assert status == 401
