@@ -143,21 +143,41 @@ class AccessLog:
 
 
 def _encode(entry: tuple[Any, ...]) -> bytes:
+    """One JSON line. Formatted into a bytes template, with each string escaped by
+    orjson, rather than built as a dict and dumped: this runs for every request (in the
+    writer thread, but on the gateway's own CPU and GIL), and the dict cost twice as
+    much."""
     wall, request_id, method, path, route, status, duration, timings, trace_id = entry
-    record: dict[str, Any] = {"ts": round(wall, 3), "request_id": request_id}
-    if trace_id is not None:
-        record["trace_id"] = trace_id
-    record["method"] = method
-    record["path"] = path
-    record["route"] = route
-    record["status"] = status
-    record["duration_ms"] = round(duration * 1000, 3)
-    if timings:
-        record["upstreams"] = [
-            {"name": name, "duration_ms": round(seconds * 1000, 3), "outcome": outcome}
-            for name, seconds, outcome in timings
-        ]
-    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    upstreams = (
+        b',"upstreams":['
+        + b",".join(
+            [
+                b'{"name":%b,"duration_ms":%.3f,"outcome":%b}'
+                % (_json(name), seconds * 1000, _json(outcome))
+                for name, seconds, outcome in timings
+            ]
+        )
+        + b"]"
+        if timings
+        else b""
+    )
+    return (
+        b'{"ts":%.3f,"request_id":%b%b,"method":%b,"path":%b,"route":%b,"status":%d,"duration_ms":%.3f%b}\n'
+        % (
+            wall,
+            _json(request_id),
+            b',"trace_id":"%b"' % trace_id.encode() if trace_id is not None else b"",
+            _json(method),
+            _json(path),
+            _json(route),
+            status,
+            duration * 1000,
+            upstreams,
+        )
+    )
+
+
+_json = orjson.dumps
 
 
 def stamp_response(ctx: RequestContext, response: web.StreamResponse) -> None:
