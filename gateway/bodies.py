@@ -19,14 +19,10 @@ async def read_bounded(request: web.BaseRequest, limit: int) -> bytes:
     """
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge
+    arrived = read_arrived(request, limit)
+    if arrived is not None:
+        return arrived
     content = request.content
-    if content.is_eof():
-        # All of it has arrived already, as a small body does with its headers: take the
-        # buffer in one call rather than awaiting read() until it returns b"".
-        body = content.read_nowait()
-        if len(body) > limit:
-            raise BodyTooLarge
-        return body
     chunks: list[bytes] = []
     size = 0
     # read(n) returns what has arrived (up to n), not n bytes: loop to the end.
@@ -36,3 +32,20 @@ async def read_bounded(request: web.BaseRequest, limit: int) -> bytes:
         if size > limit:
             raise BodyTooLarge
     return b"".join(chunks)
+
+
+def read_arrived(request: web.BaseRequest, limit: int) -> bytes | None:
+    """The whole body if all of it has arrived already, as a small body does with its
+    headers; else None, and nothing is read. ``BodyTooLarge`` over ``limit``.
+
+    No coroutine: a caller on the request path tries this first and awaits
+    ``read_bounded`` only when it returns None.
+    """
+    content = request.content
+    if not content.is_eof():
+        return None
+    # One call for the buffer, rather than awaiting read() until it returns b"".
+    body = content.read_nowait()
+    if len(body) > limit:
+        raise BodyTooLarge
+    return body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -156,6 +157,93 @@ async def test_oversized_bodies_are_refused_up_front(setup, http) -> None:
         assert response.status == 413
         assert "Idempotency-Key" in orjson.loads(await response.read())["detail"]
     assert app[CALLS] == []
+
+
+async def test_oversized_chunked_bodies_are_refused_too(setup, http) -> None:
+    """No declared length: the body is counted (here it has all arrived at once)."""
+    gw, app, _ = setup
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"x": "' + b"y" * 1500
+        yield b'"}'
+
+    async with http.post(
+        f"{gw.url}/v1/orders",
+        data=chunks(),
+        headers={**key("k8"), "Content-Type": "application/json"},
+    ) as response:
+        assert response.status == 413
+    assert app[CALLS] == []
+
+
+@pytest.mark.parametrize(
+    "content_type", ["Application/JSON; charset=utf-8", "application/merge-patch+json"]
+)
+async def test_json_media_types_are_fingerprinted_canonically(setup, http, content_type) -> None:
+    gw, app, _ = setup
+    headers = {**key(f"k9-{content_type}"), "Content-Type": content_type}
+    async with http.post(f"{gw.url}/v1/orders", data=b'{"a":1,"b":2}', headers=headers) as first:
+        assert first.status == 201
+    async with http.post(
+        f"{gw.url}/v1/orders", data=b'{ "b": 2, "a": 1 }', headers=headers
+    ) as again:
+        assert again.headers["Idempotent-Replayed"] == "true"
+    assert len(app[CALLS]) == 1
+
+
+async def test_other_bodies_are_fingerprinted_as_they_are(setup, http) -> None:
+    """Not JSON (by its media type, or not parseable as JSON): its bytes are compared."""
+    gw, app, _ = setup
+    for content_type in ("text/plain", "application/json"):
+        headers = {**key(f"k10-{content_type}"), "Content-Type": content_type}
+        async with http.post(f"{gw.url}/v1/orders", data=b"{a: 1}", headers=headers) as first:
+            assert first.status == 201
+        async with http.post(f"{gw.url}/v1/orders", data=b"{a: 1}", headers=headers) as again:
+            assert again.headers["Idempotent-Replayed"] == "true"
+        async with http.post(f"{gw.url}/v1/orders", data=b"{a:  1}", headers=headers) as other:
+            assert other.status == 422
+    assert len(app[CALLS]) == 2
+
+
+async def test_partial_fanout_answers_are_not_stored(aiohttp_server, start_gateway, http) -> None:
+    """A fan-out answer missing a part (``Gateway-Partial``) is not an answer to keep."""
+    calls: list[int] = []
+
+    async def flaky(request: web.Request) -> web.Response:
+        calls.append(1)
+        return web.json_response({"ok": True}, status=503 if len(calls) == 1 else 200)
+
+    async def steady(request: web.Request) -> web.Response:
+        return web.json_response({"id": 1})
+
+    urls = {}
+    for name, handler in (("user", steady), ("extra", flaky)):
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handler)
+        urls[name] = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    gw = await start_gateway(
+        f"""
+    routes:
+      - path: /v1/dash
+        methods: [POST]
+        idempotency: {{}}
+        fanout:
+          budget: 500ms
+          backends:
+            user: {{url: '{urls["user"]}/u', required: true}}
+            extra: {{url: '{urls["extra"]}/e'}}
+    """
+    )
+    async with http.post(f"{gw.url}/v1/dash", json={}, headers=key("k11")) as first:
+        assert first.status == 200
+        assert "extra" in first.headers["Gateway-Partial"]
+    async with http.post(f"{gw.url}/v1/dash", json={}, headers=key("k11")) as again:
+        assert again.status == 200
+        assert "Idempotent-Replayed" not in again.headers
+        assert "Gateway-Partial" not in again.headers
+    async with http.post(f"{gw.url}/v1/dash", json={}, headers=key("k11")) as third:
+        assert third.headers["Idempotent-Replayed"] == "true"  # the whole answer was kept
+    assert len(calls) == 2
 
 
 async def test_two_nodes_one_key_one_upstream_call(aiohttp_server, tmp_path: Path) -> None:

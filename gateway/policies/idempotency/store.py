@@ -10,6 +10,7 @@ with one key at the same moment, exactly one gets ``new``.
 from __future__ import annotations
 
 import marshal
+import time
 from collections import deque
 from typing import Literal, NamedTuple, Protocol
 
@@ -17,7 +18,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ...context import Clock
+from ...context import Clock, SystemClock
 from ...stores.base import StoreError
 
 
@@ -48,98 +49,119 @@ class IdempotencyStore(Protocol):
 
 
 class MemoryIdempotencyStore:
-    """Records in dicts of plain values, expired in the order they were written.
+    """Answers in one large dict of plain values, locks in a small one; answers expired
+    in the order they were written.
 
-    ``_records`` maps a key to the fingerprint (a ``str``) while the request that took
-    it is in flight, then to the answer packed into one ``bytes`` (``_pack``: the
-    fingerprint, status, headers and body). A dict holding only strings, bytes and
-    floats is not tracked by the garbage collector at all, whatever its size, while one
-    holding a single tuple or object is walked whole by every full collection (one dict
-    of tuples cost milliseconds per collection at a hundred thousand records, more as
-    it grew). One bytes object per answer also leaves the fewest objects behind per
-    record: each is memory that outlives the request among its short-lived objects.
+    ``_answers`` maps a key to its answer packed into one ``bytes`` (``_pack``: the
+    fingerprint, status, headers and body). A dict holding only strings and bytes is
+    not tracked by the garbage collector at all, whatever its size, while one holding a
+    single tuple or object is walked whole by every full collection (one dict of tuples
+    cost milliseconds per collection at a hundred thousand records, more as it grew).
+    One bytes object per answer also leaves the fewest objects behind per record: each
+    is memory that outlives its request among the request's short-lived objects.
 
-    Expiry: a TTL is fixed per route (the record TTL; the lock's, its budget plus the
-    margin) and the clock is monotonic, so the records written with one TTL expire in
-    the order they were written: a FIFO queue per distinct TTL hands them out in expiry
-    order at O(1) a write. (One heap for all of them cost O(log n) tuple comparisons per
-    push and per pop, each new lock sifting up past the day-long answers above it.)
-    An answer's queue entry holds the answer itself: the record goes only if the key
-    still holds that very object (not one written since). A lock's entry is checked
-    against ``_locks``, the few keys in flight now, so the lock of each request that
-    was answered long ago costs a look in that small dict rather than in the large one.
-    The policy makes its TTLs' queues (``prepare``) when the routes are built, before
-    ``serve`` freezes the start-up heap (``gc.freeze``): a queue made later is walked by
-    every full collection.
+    Answers: a TTL is fixed per route and the clock is monotonic, so the answers written
+    with one TTL expire in the order they were written: a FIFO queue per distinct TTL
+    hands them out in expiry order at O(1) a write. (One heap for every record cost
+    O(log n) tuple comparisons per push and per pop.) A queue entry holds the answer
+    itself: the record goes only if the key still holds that very object, not one
+    written since. The policy makes its TTL's queue (``prepare``) when the routes are
+    built, before ``serve`` freezes the start-up heap (``gc.freeze``): a queue made
+    later is walked by every full collection.
+
+    Locks: ``_locks`` holds the fingerprint and expiry of each key in flight, a dict
+    as small as the requests in flight, so taking and releasing a lock never touches
+    the large one. A lock past its expiry is taken over by the next ``begin`` of its
+    key, and a sweep every ``_LOCK_SWEEP_S`` removes those nobody asks for again (a
+    caller that never finished nor abandoned them). Queuing locks like answers cost
+    every request an entry, popped long after the request was answered.
 
     The ``*_now`` methods answer without a coroutine: the policy calls them directly
     when its store is this one; the async methods are the ``IdempotencyStore`` protocol.
     """
 
     def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        self._records: dict[str, str | bytes] = {}
-        # key -> until, for the keys in flight (their record is a fingerprint)
-        self._locks: dict[str, float] = {}
-        # ttl -> (until, key, the record then written), in the order written
-        self._queues: dict[float, deque[tuple[float, str, str | bytes]]] = {}
+        # The system clock's reading without its Python-level method on the way: two
+        # calls on every request.
+        self._monotonic = time.monotonic if type(clock) is SystemClock else clock.monotonic
+        self._answers: dict[str, bytes] = {}
+        # key -> (fingerprint, until), for the keys in flight
+        self._locks: dict[str, tuple[str, float]] = {}
+        self._sweep_at = clock.monotonic() + _LOCK_SWEEP_S
+        # ttl -> (until, key, the answer then written), in the order written
+        self._queues: dict[float, deque[tuple[float, str, bytes]]] = {}
+        # The earliest time ``_expire`` has anything to do (an answer's expiry, the next
+        # sweep): until then ``begin`` skips it, as it does on most requests.
+        self._due = self._sweep_at
         self.errors = 0  # never: a dict does not fail
 
     def prepare(self, ttl: float) -> None:
-        """Make the expiry queue of ``ttl`` now, rather than on its first record."""
+        """Make the expiry queue of answers kept ``ttl`` now, not on the first one."""
         if ttl not in self._queues:
             self._queues[ttl] = deque()
 
-    def _queue(self, ttl: float) -> deque[tuple[float, str, str | bytes]]:
+    def _expire(self, now: float) -> None:
+        answers = self._answers
+        due = self._sweep_at
+        for queue in self._queues.values():
+            while queue and queue[0][0] <= now:
+                _, key, answer = queue.popleft()
+                if answers.get(key) is answer:
+                    del answers[key]
+            if queue and queue[0][0] < due:
+                due = queue[0][0]
+        if now >= self._sweep_at:
+            self._sweep_at = now + _LOCK_SWEEP_S
+            due = min(due, self._sweep_at)
+            locks = self._locks
+            for key in [key for key, (_, until) in locks.items() if until <= now]:
+                del locks[key]
+        self._due = due
+
+    def begin_now(self, key: str, fingerprint: str, lock_ttl: float) -> Begun | None:
+        """None when the key was free and is now locked for this request (the usual
+        case, so no ``Begun`` is made for it); otherwise what holds the key."""
+        now = self._monotonic()
+        if now >= self._due:
+            self._expire(now)
+        answer = self._answers.get(key)
+        if answer is not None:
+            taken, response = _unpack(answer)
+            return Begun("done", taken, response)
+        lock = self._locks.get(key)
+        if lock is not None and lock[1] > now:
+            return Begun("in_flight", lock[0])
+        self._locks[key] = (fingerprint, now + lock_ttl)
+        return None
+
+    def finish_now(self, key: str, fingerprint: str, response: StoredResponse, ttl: float) -> None:
+        # ``_pack``'s work inline: one call less on every request.
+        status, headers, body = response
+        try:
+            answer = marshal.dumps((fingerprint, status, headers, body), _MARSHAL_VERSION)
+        except ValueError:
+            answer = _pack(fingerprint, response)
+        self._answers[key] = answer
+        self._locks.pop(key, None)
         queue = self._queues.get(ttl)
         if queue is None:
             # Not prepared (a store used on its own): made here. Queues are kept once
             # made, empty or not: there is one per TTL a config has used, a handful.
             queue = self._queues[ttl] = deque()
-        return queue
-
-    def _expire(self, now: float) -> None:
-        records, locks = self._records, self._locks
-        for queue in self._queues.values():
-            while queue and queue[0][0] <= now:
-                until, key, record = queue.popleft()
-                if isinstance(record, bytes):
-                    if records.get(key) is record:
-                        del records[key]
-                elif locks.get(key) == until:
-                    del locks[key]
-                    del records[key]
-
-    def begin_now(self, key: str, fingerprint: str, lock_ttl: float) -> Begun:
-        now = self._clock.monotonic()
-        self._expire(now)
-        record = self._records.get(key)
-        if record is None:
-            until = now + lock_ttl
-            self._records[key] = fingerprint
-            self._locks[key] = until
-            self._queue(lock_ttl).append((until, key, fingerprint))
-            return Begun("new", fingerprint)
-        if isinstance(record, str):
-            return Begun("in_flight", record)
-        taken, response = _unpack(record)
-        return Begun("done", taken, response)
-
-    def finish_now(self, key: str, fingerprint: str, response: StoredResponse, ttl: float) -> None:
-        packed = _pack(fingerprint, response)
-        self._records[key] = packed
-        self._locks.pop(key, None)
-        self._queue(ttl).append((self._clock.monotonic() + ttl, key, packed))
+        until = self._monotonic() + ttl
+        queue.append((until, key, answer))
+        if until < self._due:
+            self._due = until
 
     def abandon_now(self, key: str, fingerprint: str) -> None:
-        # Only a lock (a str) of this very request: never an answer, nor a lock that
-        # expired and was taken again by another request.
-        if self._records.get(key) == fingerprint:
-            del self._records[key]
-            self._locks.pop(key, None)
+        # Only this request's lock: never an answer, nor the lock of another request
+        # that took the key over once this one's had expired.
+        lock = self._locks.get(key)
+        if lock is not None and lock[0] == fingerprint:
+            del self._locks[key]
 
     async def begin(self, key: str, fingerprint: str, lock_ttl: float) -> Begun:
-        return self.begin_now(key, fingerprint, lock_ttl)
+        return self.begin_now(key, fingerprint, lock_ttl) or Begun("new", fingerprint)
 
     async def finish(
         self, key: str, fingerprint: str, response: StoredResponse, ttl: float
@@ -150,26 +172,33 @@ class MemoryIdempotencyStore:
         self.abandon_now(key, fingerprint)
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._answers) + len(self._locks)
 
     async def close(self) -> None:
-        self._records.clear()
+        self._answers.clear()
         self._locks.clear()
         for queue in self._queues.values():
             queue.clear()
 
 
+#: How often the memory store looks for locks past their expiry that nobody took over.
+_LOCK_SWEEP_S = 1.0
+
+
 def _pack(fingerprint: str, response: StoredResponse) -> bytes:
     """An answer as one bytes object, for the memory store: marshal, fast, and safe here
-    since it only ever reads back what this process wrote."""
+    since it only ever reads back what this process wrote. ``finish_now`` tries it on the
+    answer as it is; this is for answers marshal does not take as they are: header names
+    of a subclass of str, such as multidict's ``istr`` (the policy hands over plain ones;
+    anyone else may not)."""
     status, headers, body = response
-    try:
-        return marshal.dumps((fingerprint, status, headers, body))
-    except ValueError:
-        # marshal takes no subclass of str, such as multidict's ``istr`` header names
-        # (the policy hands over plain ones; anyone else may not).
-        plain = tuple((str(name), str(value)) for name, value in headers)
-        return marshal.dumps((fingerprint, status, plain, bytes(body)))
+    plain = tuple((str(name), str(value)) for name, value in headers)
+    return marshal.dumps((fingerprint, status, plain, bytes(body)), _MARSHAL_VERSION)
+
+
+#: Version 2: without the shared-reference table of versions 3 and 4, which builds a
+#: hash table on every call and saves nothing on a record of distinct strings.
+_MARSHAL_VERSION = 2
 
 
 def _unpack(packed: bytes) -> tuple[str, StoredResponse]:
