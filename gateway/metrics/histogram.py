@@ -1,8 +1,8 @@
 """A histogram cheap enough to record on every request: a list of counts and a sum.
 
 prometheus_client's own ``Histogram.observe`` takes a lock and walks its buckets in
-Python (about 1.3 us, 2 us with ``.labels()``); here one observation is a ``bisect``
-into a tuple and two additions (about 0.2 us). The event loop is the only writer, and
+Python (about 0.6 us, 1.3 us with ``.labels()``); here one observation is a ``bisect``
+into a tuple and two additions (about 0.1 us). The event loop is the only writer, and
 a scrape copies what it needs on the loop too, so no lock is needed. Counts per bucket
 are kept non-cumulative and summed at scrape time.
 """
