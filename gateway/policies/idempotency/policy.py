@@ -115,9 +115,7 @@ class IdempotencyPolicy:
             if self._required:
                 raise BadRequest(f"this route needs an {HEADER} header (a quoted string)")
             return await call_next(ctx)
-        # The usual key first, without the call (``parse_key`` does the same).
-        plain = _SF_PLAIN.fullmatch(raw_key)
-        key = plain.group(1) if plain is not None else parse_key(raw_key)
+        key = parse_key(raw_key)
         if key is None:
             raise BadRequest(f'{HEADER} must be a quoted string, e.g. {HEADER}: "8e03978e-40d5"')
         body = ctx.body
@@ -132,10 +130,7 @@ class IdempotencyPolicy:
                     f"requests with an {HEADER} on this route are kept for replays: at most "
                     f"{self._max_body_size} bytes"
                 ) from None
-        content_type = request.headers.get(_CONTENT_TYPE)
-        is_json = _JSON_TYPES.get(content_type)
-        if is_json is None:
-            is_json = _is_json(content_type)
+        is_json = _is_json(request.headers.get(_CONTENT_TYPE))
         fingerprint = _fingerprint(self._method_parts[method], ctx.path, ctx.query, is_json, body)
         consumer = ctx.consumer
         scoped = f"{consumer.id if consumer is not None else 'anonymous'}{scope}{key}"

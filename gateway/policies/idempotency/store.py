@@ -10,7 +10,6 @@ with one key at the same moment, exactly one gets ``new``.
 from __future__ import annotations
 
 import marshal
-import time
 from collections import deque
 from typing import Literal, NamedTuple, Protocol
 
@@ -18,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ...context import Clock, SystemClock
+from ...context import Clock
 from ...stores.base import StoreError
 
 
@@ -81,9 +80,7 @@ class MemoryIdempotencyStore:
     """
 
     def __init__(self, clock: Clock) -> None:
-        # The system clock's reading without its Python-level method on the way: two
-        # calls on every request.
-        self._monotonic = time.monotonic if type(clock) is SystemClock else clock.monotonic
+        self._monotonic = clock.monotonic
         self._answers: dict[str, bytes] = {}
         # key -> (fingerprint, until), for the keys in flight
         self._locks: dict[str, tuple[str, float]] = {}
@@ -135,12 +132,7 @@ class MemoryIdempotencyStore:
         return None
 
     def finish_now(self, key: str, fingerprint: str, response: StoredResponse, ttl: float) -> None:
-        # ``_pack``'s work inline: one call less on every request.
-        status, headers, body = response
-        try:
-            answer = marshal.dumps((fingerprint, status, headers, body), _MARSHAL_VERSION)
-        except ValueError:
-            answer = _pack(fingerprint, response)
+        answer = _pack(fingerprint, response)
         self._answers[key] = answer
         self._locks.pop(key, None)
         queue = self._queues.get(ttl)
@@ -187,13 +179,15 @@ _LOCK_SWEEP_S = 1.0
 
 def _pack(fingerprint: str, response: StoredResponse) -> bytes:
     """An answer as one bytes object, for the memory store: marshal, fast, and safe here
-    since it only ever reads back what this process wrote. ``finish_now`` tries it on the
-    answer as it is; this is for answers marshal does not take as they are: header names
-    of a subclass of str, such as multidict's ``istr`` (the policy hands over plain ones;
-    anyone else may not)."""
+    since it only ever reads back what this process wrote."""
     status, headers, body = response
-    plain = tuple((str(name), str(value)) for name, value in headers)
-    return marshal.dumps((fingerprint, status, plain, bytes(body)), _MARSHAL_VERSION)
+    try:
+        return marshal.dumps((fingerprint, status, headers, body), _MARSHAL_VERSION)
+    except ValueError:
+        # Marshal takes exact str and bytes only: header names of a subclass, such as
+        # multidict's ``istr`` (the policy hands over plain ones; anyone else may not).
+        plain = tuple((str(name), str(value)) for name, value in headers)
+        return marshal.dumps((fingerprint, status, plain, bytes(body)), _MARSHAL_VERSION)
 
 
 #: Version 2: without the shared-reference table of versions 3 and 4, which builds a
