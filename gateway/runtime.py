@@ -49,10 +49,10 @@ class Runtime:
     tracing: bool = True
     #: Where requests no route matched are recorded; None when metrics are off.
     unrouted: RouteMetrics | None = None
-    #: Each routed name's budget in seconds (the ``gateway_route_budget_seconds`` gauge).
-    budgets: dict[str, float] = field(default_factory=dict)
-    #: Each routed name's kind, for the dashboard.
-    kinds: dict[str, Literal["proxy", "fanout", "builtin"]] = field(default_factory=dict)
+    #: Every route requests reach, by the name they are recorded under, in config order
+    #: (a header-versioned API is its dispatcher): budgets and kinds for the metrics and
+    #: the dashboard.
+    routed: dict[str, CompiledRoute] = field(default_factory=dict)
     #: A header- or media-type-versioned dispatcher's name -> its versions' route names:
     #: its requests are recorded under the dispatcher's name, but its versions' cache
     #: and rate-limit policies count under their own.
@@ -134,8 +134,7 @@ async def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
         pool_keys=builder.keys,
         tracing=config.tracing.enabled,
         unrouted=builder.recorders.route(NO_ROUTE) if builder.recorders is not None else None,
-        budgets=builder.budgets,
-        kinds=builder.kinds,
+        routed=builder.routed,
         versions=versions,
     )
 
@@ -150,8 +149,7 @@ class _Builder:
         self.cache = services.cache
         self.idempotency = services.idempotency
         self.recorders = services.recorders if config.metrics.enabled else None
-        self.budgets: dict[str, float] = {}
-        self.kinds: dict[str, Literal["proxy", "fanout", "builtin"]] = {}
+        self.routed: dict[str, CompiledRoute] = {}
         self.keys: list[PoolKey] = []
         self.jwt = auth.jwt_verifier(config) if auth is not None else None
         server = config.server
@@ -246,11 +244,10 @@ class _Builder:
 
     def instrument(self, route: CompiledRoute) -> CompiledRoute:
         """``route`` with its metrics recorder, for a route that requests reach."""
-        self.budgets[route.name] = route.budget
-        self.kinds[route.name] = route.kind
-        if self.recorders is None:
-            return route
-        return replace(route, metrics=self.recorders.route(route.name))
+        if self.recorders is not None:
+            route = replace(route, metrics=self.recorders.route(route.name))
+        self.routed[route.name] = route
+        return route
 
     def _version(self, spec: RouteSpec) -> list[Policy]:
         if spec.api is None or spec.version is None:

@@ -40,15 +40,15 @@ def stats(view: GatewayView) -> Json:
     routes = []
     # The names requests are recorded under, in config order: a header-versioned API
     # is one entry (its dispatcher), the built-in OAuth routes come last.
-    for name, budget in runtime.budgets.items():
+    for name, route in runtime.routed.items():
         recorder = recorders.get(name, _EMPTY)
         # Cache and rate-limit counts are kept per route, so per version.
         counted_as = runtime.versions.get(name, (name,))
         routes.append(
             {
                 "name": name,
-                "kind": runtime.kinds[name],
-                "budget_ms": budget * 1000.0,
+                "kind": route.kind,
+                "budget_ms": route.budget * 1000.0,
                 **_requests(recorder.requests.items()),
                 "partial": recorder.partial_responses,
                 "backends": [

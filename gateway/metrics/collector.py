@@ -110,7 +110,7 @@ def take_snapshot(state: GatewayState) -> Snapshot:
         store_errors=errors,
         breakers={"ratelimit": limiter.breaker.state} if limiter is not None else {},
         reloads={"ok": state.reloads_ok, "failed": state.reloads_failed},
-        budgets=dict(runtime.budgets),
+        budgets={name: route.budget for name, route in runtime.routed.items()},
         in_flight=runtime.in_flight,
     )
 
