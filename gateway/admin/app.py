@@ -35,6 +35,7 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -44,7 +45,10 @@ from ..stores.base import StoreError
 from . import consumers, credentials, dashboard, health, introspection, openapi, operations, stats
 from .health import READINESS, Readiness
 from .http import AdminProblem, problem
-from .view import GATEWAY, GatewayView
+from .view import GATEWAY
+
+if TYPE_CHECKING:
+    from ..server import Gateway
 
 log = logging.getLogger("gateway.admin")
 
@@ -148,9 +152,7 @@ async def _require_token(request: web.Request, handler: Handler) -> web.StreamRe
     return await handler(request)
 
 
-def admin_app(
-    gateway: GatewayView, token: str, *, metrics: Handler | None = None
-) -> web.Application:
+def admin_app(gateway: Gateway, token: str, *, metrics: Handler | None = None) -> web.Application:
     """The admin app; ``metrics`` is the ``GET /metrics`` handler (Prometheus), mounted
     here so that this module registers every route the OpenAPI document describes."""
     app = web.Application(middlewares=[_problems, _require_token], client_max_size=MAX_BODY)

@@ -27,14 +27,16 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from ..config.model import GatewayConfig
 from .http import json_response, problem
-from .view import GatewayView
+
+if TYPE_CHECKING:
+    from ..server import Gateway
 
 log = logging.getLogger("gateway.admin")
 
@@ -84,7 +86,7 @@ def _never(config: GatewayConfig) -> bool:
 class Readiness:
     """The stores of one gateway process and whether the current config needs them."""
 
-    def __init__(self, gateway: GatewayView, started_with: GatewayConfig) -> None:
+    def __init__(self, gateway: Gateway, started_with: GatewayConfig) -> None:
         # Store settings take effect at a restart, so the stores are the ones of the
         # config the process started with; what is *required* follows reloads.
         self._gateway = gateway

@@ -16,7 +16,7 @@ means.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -24,7 +24,10 @@ from ..metrics.collector import CACHE_RESULTS, RATE_LIMIT_OUTCOMES, UPSTREAM_OUT
 from ..metrics.histogram import SECONDS_BUCKETS, Histogram
 from ..metrics.recorder import RouteMetrics
 from .http import json_response
-from .view import GATEWAY, GatewayView
+from .view import GATEWAY
+
+if TYPE_CHECKING:
+    from ..server import Gateway
 
 Json = dict[str, Any]
 
@@ -32,7 +35,7 @@ Json = dict[str, Any]
 _EMPTY = RouteMetrics("")
 
 
-def stats(view: GatewayView) -> Json:
+def stats(view: Gateway) -> Json:
     runtime = view.runtime
     recorders = {recorder.name: recorder for recorder in view.recorders}
     cache = view.cache.by_route if view.cache is not None else {}

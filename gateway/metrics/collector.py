@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -26,15 +26,11 @@ from prometheus_client.metrics_core import (
 )
 
 from .histogram import Histogram
-from .recorder import RouteMetrics, RouteRecorders
+from .recorder import RouteMetrics
 
 if TYPE_CHECKING:
-    from ..policies.auth.services import AuthServices
-    from ..policies.cache.bus import InvalidationBus
-    from ..policies.cache.policy import ResponseCache
-    from ..policies.idempotency.store import IdempotencyStore
-    from ..policies.ratelimit.policy import Limiter
-    from ..runtime import Runtime
+    # Typing only: the server module builds the metrics endpoint.
+    from ..server import Gateway
 
 #: Upstream outcomes as the upstream layer reports them -> the ``outcome`` label. A
 #: fan-out backend that answered a non-2xx status is a failed call of that part.
@@ -48,29 +44,6 @@ RATE_LIMIT_OUTCOMES = {
 #: The cache's own result names -> the ``result`` label, as ``Cache-Status`` says them.
 CACHE_RESULTS = {"miss_stored": "miss", "coalesced": "collapsed"}
 BREAKER_STATES = {"closed": 0, "open": 1, "half_open": 2}
-
-
-class GatewayState(Protocol):
-    """What a scrape reads; the Gateway provides it."""
-
-    @property
-    def recorders(self) -> RouteRecorders: ...
-    @property
-    def runtime(self) -> Runtime: ...
-    @property
-    def limiter(self) -> Limiter | None: ...
-    @property
-    def cache(self) -> ResponseCache | None: ...
-    @property
-    def cache_bus(self) -> InvalidationBus | None: ...
-    @property
-    def auth(self) -> AuthServices | None: ...
-    @property
-    def idempotency(self) -> IdempotencyStore | None: ...
-    @property
-    def reloads_ok(self) -> int: ...
-    @property
-    def reloads_failed(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +60,7 @@ class Snapshot:
     in_flight: int
 
 
-def take_snapshot(state: GatewayState) -> Snapshot:
+def take_snapshot(state: Gateway) -> Snapshot:
     """Copy the figures. On the event loop, the only writer: nothing moves meanwhile."""
     limiter, cache = state.limiter, state.cache
     errors: dict[str, int] = {}

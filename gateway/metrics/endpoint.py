@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -18,7 +19,10 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from .collector import GatewayState, Snapshot, SnapshotCollector, take_snapshot
+from .collector import Snapshot, SnapshotCollector, take_snapshot
+
+if TYPE_CHECKING:
+    from ..server import Gateway
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -39,7 +43,7 @@ def render(snapshot: Snapshot, accept: str) -> tuple[bytes, str]:
     return encode(registry), content_type
 
 
-def metrics_handler(state: GatewayState) -> Handler:
+def metrics_handler(state: Gateway) -> Handler:
     async def metrics(request: web.Request) -> web.Response:
         snapshot = take_snapshot(state)
         body, content_type = await asyncio.to_thread(
