@@ -40,6 +40,25 @@ async def until_stop_signal(work: Coroutine[Any, Any, None]) -> int:
     return 0
 
 
+#: Container allocations between two young-generation collections (CPython's default
+#: is 700). A proxied request allocates hundreds of containers, all freed by reference
+#: counting; at 700 a young collection ran every request or two and rescanned the
+#: objects of every request in flight: on the proxy route that was 7 to 8 % of the
+#: gateway's core. Ten thousand keeps the young generation small enough to stay in
+#: cache (a hundred thousand measured slower again) and adds about a megabyte at most.
+YOUNG_GC_THRESHOLD = 10_000
+
+
+def tune_collector() -> None:
+    """Set the cyclic garbage collector for serving, once start-up is done."""
+    # Everything allocated so far (modules, config, pools) lives as long as the
+    # process: move it out of the collector's sight, so the full collections that
+    # request garbage triggers do not rescan it (they showed up as p99 spikes).
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
+
+
 async def serve(
     loaded: LoadedConfig, on_ready: Callable[[Gateway], Awaitable[None]] | None = None
 ) -> int:
@@ -51,10 +70,7 @@ async def serve(
         # A port in use, an empty admin token file: say so plainly, no traceback.
         print(f"gateway: cannot start: {exc}", file=sys.stderr, flush=True)
         return 1
-    # Everything allocated so far (modules, config, pools) lives as long as the
-    # process: move it out of the collector's sight, so the full collections that
-    # request garbage triggers do not rescan it (they showed up as p99 spikes).
-    gc.freeze()
+    tune_collector()
     listen = loaded.config.server.listen
     print(
         f"gateway listening on http://{listen.host}:{gateway.port} "
