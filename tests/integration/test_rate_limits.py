@@ -103,18 +103,19 @@ def limiter_of(gw: RunningGateway) -> Limiter:
 def count_calls(owner: Any) -> list[int]:
     """Wrap the store's decision method with a counter that calls through; the box.
 
-    The memory store is asked through ``decide_now`` (it never waits), Redis through
-    ``decide``.
+    The memory store is asked through ``decide_now`` or, for one rate limit,
+    ``decide_rate_now`` (it never waits), Redis through ``decide``.
     """
     calls = [0]
     if hasattr(owner, "decide_now"):
-        original_now = owner.decide_now
+        for name in ("decide_now", "decide_rate_now"):
+            original_now = getattr(owner, name)
 
-        def counting_now(*args: Any, **kwargs: Any) -> Decision:
-            calls[0] += 1
-            return original_now(*args, **kwargs)  # type: ignore[no-any-return]
+            def counting_now(*args: Any, _original: Any = original_now, **kwargs: Any) -> Any:
+                calls[0] += 1
+                return _original(*args, **kwargs)
 
-        owner.decide_now = counting_now
+            setattr(owner, name, counting_now)
         return calls
     original = owner.decide
 

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.context import ManualClock
-from gateway.policies.ratelimit.arithmetic import Decision, Limit
+from gateway.policies.ratelimit.arithmetic import Decision, Limit, Outcome
 from gateway.policies.ratelimit.stores import (
     LimiterStore,
     MemoryLimiterStore,
@@ -162,6 +162,19 @@ async def test_exhausted_quota_does_not_charge_the_rate(backend: Backend) -> Non
     # The rate limit alone: eight of ten units left, not five.
     rest = await backend.decide(["burst"], limits[:1], cost=8)
     assert (rest.admitted, rest.outcomes[0].remaining) == (True, 0)
+
+
+async def test_a_rate_decided_alone_and_with_a_quota_is_one_budget(backend: Backend) -> None:
+    # One limit alone and several together take different paths through a store; a
+    # plan's key is decided both ways when one route adds its own limit and another
+    # does not.
+    burst, daily = rate(MINUTE_RATE, 10), quota(100, DAY)
+    assert await backend.admitted(["burst"], [burst], 3) == 3
+    both = await backend.decide(["burst", "daily"], [burst, daily], cost=2)
+    assert [(o.admitted, o.remaining) for o in both.outcomes] == [(True, 5), (True, 98)]
+    alone = await backend.decide(["burst"], [burst], cost=5)
+    assert (alone.admitted, alone.outcomes[0].remaining) == (True, 0)
+    assert not (await backend.decide(["burst", "daily"], [burst, daily])).admitted
 
 
 async def test_exhausted_rate_does_not_charge_the_quota(backend: Backend) -> None:
@@ -423,3 +436,39 @@ async def test_memory_ignores_an_expired_state_before_any_sweep() -> None:
     assert (await store.decide(["q"], [limit], 1)).admitted
     clock.advance(60)
     assert (await store.decide(["q"], [limit], 1)).admitted
+
+
+async def test_memory_one_rate_path_decides_as_the_general_path() -> None:
+    # The policy asks ``decide_rate_now`` when a route's limits are one rate limit: fed
+    # the same requests at the same times, it must say what ``decide`` says, and each
+    # must read what the other wrote.
+    limit = rate(2.0, 3)
+    steps = [0.0, 0.0, 0.0, 0.0, 0.2, 0.3, 0.0, 1.7, 0.0, 0.0, 5.0]
+    costs = [1, 1, 1, 1, 1, 1, 2, 2, 1, 4, 3]
+    general_clock, fast_clock = ManualClock(), ManualClock()
+    general, fast = MemoryLimiterStore(general_clock), MemoryLimiterStore(fast_clock)
+    seen = set()
+    for index, (step, cost) in enumerate(zip(steps, costs, strict=True)):
+        general_clock.advance(step)
+        fast_clock.advance(step)
+        expected = (await general.decide(["a"], [limit], cost)).outcomes[0]
+        if index % 2:
+            got = (await fast.decide(["a"], [limit], cost)).outcomes[0]
+        else:
+            got = Outcome(*fast.decide_rate_now("a", limit, cost))
+        assert got == expected, f"request {index}"
+        seen.add(got.admitted)
+    assert seen == {True, False}
+    assert not fast.decide_rate_now("a", limit, 4)[0]  # above the burst: never
+
+
+async def test_memory_one_rate_path_ignores_an_expired_state_and_sweeps() -> None:
+    clock = ManualClock()
+    store = MemoryLimiterStore(clock, sweep_every=2)
+    limit = rate(1.0, 1)
+    assert store.decide_rate_now("a", limit, 1)[0]
+    assert not store.decide_rate_now("a", limit, 1)[0]
+    clock.advance(5)
+    assert store.decide_rate_now("b", limit, 1)[0]  # the second write sweeps
+    assert "a" not in store._states
+    assert store.decide_rate_now("a", limit, 1)[0]

@@ -89,7 +89,7 @@ class Decision:
 
 #: Slack on time comparisons: a float holding epoch seconds resolves ~0.2 µs, so
 #: ``tat + cost*T - burst*T`` can land a hair after ``now`` and lose a burst's last unit.
-_EPSILON = 1e-6
+EPSILON = 1e-6
 
 #: The state of one limit: the TAT for a rate; (window index, count) for a quota.
 State = float | tuple[int, int] | None
@@ -123,15 +123,17 @@ def decide(
     return Decision(admitted, tuple(outcomes)), (new_states if admitted else states)
 
 
-def _rate(limit: Limit, state: State, cost: int, now: float) -> tuple[Outcome, State]:
+def _rate(limit: Limit, state: State, cost: int, now: float) -> tuple[Outcome, float]:
+    """One rate (GCRA) limit's outcome and its TAT afterwards: a refusal leaves it where
+    it was (an expired or missing state reads as now)."""
     interval = limit.interval
     tat = state if isinstance(state, float) and state > now else now
     new_tat = tat + cost * interval
     allow_at = new_tat - limit.burst_time
-    if now < allow_at - _EPSILON:
-        remaining = max(0, math.floor((now - (tat - limit.burst_time)) / interval + _EPSILON))
-        return Outcome(False, remaining, tat - now, allow_at - now), state
-    remaining = max(0, math.floor((now - allow_at) / interval + _EPSILON))
+    if now < allow_at - EPSILON:
+        remaining = max(0, math.floor((now - (tat - limit.burst_time)) / interval + EPSILON))
+        return Outcome(False, remaining, tat - now, allow_at - now), tat
+    remaining = max(0, math.floor((now - allow_at) / interval + EPSILON))
     return Outcome(True, remaining, new_tat - now, 0.0), new_tat
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
+from multidict import istr
 
 from ...config.model import ContractSpec, LimitSpec, RateLimitsSpec, RouteLimitSpec
 from ...context import Clock, RequestContext
@@ -27,6 +28,9 @@ from .breaker import Breaker
 from .stores import LimiterStore, MemoryLimiterStore, RedisLimiterStore
 
 DEGRADED_HEADER = "Gateway-RateLimit"
+# Case-insensitive strings already: the response's header dict takes them as they are.
+POLICY_HEADER = istr("RateLimit-Policy")
+STATE_HEADER = istr("RateLimit")
 
 #: Bound on the per-subject memos (keys, refusals): they only save work, so when one
 #: grows past this (many distinct clients) it is emptied rather than tracked by age.
@@ -87,6 +91,10 @@ class LimitSet:
     policy_header: str
     #: ``"name";r=`` per limit: the constant part of each ``RateLimit`` entry.
     state_prefixes: tuple[str, ...]
+    #: The limit when the set is one rate limit (a plan without a quota, or only a
+    #: route's own limit): the common case, which the memory store decides on a
+    #: shorter path.
+    single_rate: Limit | None
 
     @classmethod
     def of(cls, limits: tuple[Limit, ...], share: float) -> LimitSet:
@@ -94,7 +102,8 @@ class LimitSet:
             f'"{limit.name}";q={limit.quota_units};w={limit.window_seconds}' for limit in limits
         )
         prefixes = tuple(f'"{limit.name}";r=' for limit in limits)
-        return cls(limits, scaled(limits, share), header, prefixes)
+        single = limits[0] if len(limits) == 1 and limits[0].kind == "rate" else None
+        return cls(limits, scaled(limits, share), header, prefixes, single)
 
     def state_header(self, decision: Decision) -> str:
         """``RateLimit``: what is left of each limit and when it is whole again."""
@@ -255,10 +264,8 @@ class RateLimitPolicy:
         return "ip:" + (ctx.request.remote or "unknown"), self._anonymous
 
     def _keys(self, subject: str, limit_set: LimitSet) -> _SubjectKeys:
-        """The subject's keys: one per limit, all under the subject's hash tag."""
-        found = self._subject_keys.get(subject)
-        if found is not None and found.limit_set is limit_set:
-            return found
+        """The subject's keys: one per limit, all under the subject's hash tag. (Made
+        once per subject and limit set: ``handle`` looks in ``_subject_keys`` first.)"""
         tag = "{rl:" + subject + "}"
         route_start = len(limit_set.limits) - self._own_count
         keys = tuple(
@@ -279,7 +286,9 @@ class RateLimitPolicy:
         if not limits:
             return await call_next(ctx)
         limiter = self._limiter
-        subject_keys = self._keys(subject, limit_set)
+        subject_keys = self._subject_keys.get(subject)
+        if subject_keys is None or subject_keys.limit_set is not limit_set:
+            subject_keys = self._keys(subject, limit_set)
         keys = subject_keys.keys
         denied = limiter.denied_until.get(subject_keys.deny_key)
         if denied is not None and not self._shadow:
@@ -287,11 +296,29 @@ class RateLimitPolicy:
             if wait > 0:
                 # Refused a moment ago and not allowed back yet: no need to ask the store.
                 self._count("refused_cached")
-                ctx.response_headers.append(("RateLimit-Policy", limit_set.policy_header))
-                ctx.response_headers.append(("RateLimit", denied[1]))
+                ctx.response_headers.append((POLICY_HEADER, limit_set.policy_header))
+                ctx.response_headers.append((STATE_HEADER, denied[1]))
                 raise TooManyRequests(
                     "the rate limit is exceeded", headers={"Retry-After": _seconds(wait)}
                 )
+        headers = ctx.response_headers
+        single = limit_set.single_rate
+        if single is not None and not limiter.remote:
+            # The memory store and one rate limit: one outcome, no Decision around it,
+            # and the RateLimit entry rendered here. Every request of a limited route
+            # comes this way in the common configuration.
+            admitted, remaining, reset, retry = limiter.local.decide_rate_now(
+                keys[0], single, self._cost
+            )
+            # ``reset`` is never negative here (a TAT is never before now): no clamp.
+            state = f"{limit_set.state_prefixes[0]}{remaining};t={math.ceil(reset)}"
+            headers.append((POLICY_HEADER, limit_set.policy_header))
+            headers.append((STATE_HEADER, state))
+            if admitted:
+                counts = self._counts
+                counts["admitted"] = counts.get("admitted", 0) + 1
+                return await call_next(ctx)
+            return await self._refused(ctx, call_next, subject_keys, state, retry)
         decision: Decision | None
         if not limiter.remote:
             # The memory store answers without waiting: no coroutine to make and await.
@@ -305,19 +332,29 @@ class RateLimitPolicy:
                 decision = self._store_down(ctx, keys, limit_set)
                 if decision is None:
                     return await call_next(ctx)
-        headers = ctx.response_headers
         state = limit_set.state_header(decision)
-        headers.append(("RateLimit-Policy", limit_set.policy_header))
-        headers.append(("RateLimit", state))
+        headers.append((POLICY_HEADER, limit_set.policy_header))
+        headers.append((STATE_HEADER, state))
         if decision.admitted:
             self._count("admitted")
             return await call_next(ctx)
+        return await self._refused(ctx, call_next, subject_keys, state, decision.retry_after)
+
+    async def _refused(
+        self,
+        ctx: RequestContext,
+        call_next: Handler,
+        subject_keys: _SubjectKeys,
+        state: str,
+        retry: float,
+    ) -> web.StreamResponse:
+        """A refusal: 429 and remembered until ``retry``, or in shadow mode only marked."""
         if self._shadow:
             self._count("shadow_refused")
-            headers.append((DEGRADED_HEADER, "shadow;would-refuse"))
+            ctx.response_headers.append((DEGRADED_HEADER, "shadow;would-refuse"))
             return await call_next(ctx)
         self._count("refused")
-        retry = decision.retry_after
+        limiter = self._limiter
         limiter.denied_until[subject_keys.deny_key] = (limiter.clock.monotonic() + retry, state)
         if len(limiter.denied_until) > _MAX_REMEMBERED_SUBJECTS:
             limiter.denied_until.clear()  # bounded: it is only an optimisation
