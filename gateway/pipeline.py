@@ -22,7 +22,10 @@ Handler = Callable[[RequestContext], Awaitable[web.StreamResponse]]
 
 
 class Policy(Protocol):
-    async def handle(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse: ...
+    # Usually a coroutine function; a policy that never waits may be a plain function
+    # returning ``call_next(ctx)``, which keeps its frame out of the request's await
+    # chain (the rate limit on the memory store does).
+    def handle(self, ctx: RequestContext, call_next: Handler) -> Awaitable[web.StreamResponse]: ...
 
 
 def build_chain(policies: Sequence[Policy], terminal: Handler) -> Handler:

@@ -12,7 +12,7 @@ httpapi draft syntax) go on every response of a limited route.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -280,16 +280,21 @@ class RateLimitPolicy:
         self._subject_keys[subject] = found
         return found
 
-    async def handle(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:
+    def handle(self, ctx: RequestContext, call_next: Handler) -> Awaitable[web.StreamResponse]:
+        """Decide, then hand on: the next handler's awaitable, refused with a raise.
+
+        A plain function, not a coroutine: on the memory store nothing here waits, so
+        the request's await chain gets no frame of this policy's (every resumption of
+        the request walks that chain). Only a Redis decision makes a coroutine.
+        """
         subject, limit_set = self._subject(ctx)
         limits = limit_set.limits
         if not limits:
-            return await call_next(ctx)
+            return call_next(ctx)
         limiter = self._limiter
         subject_keys = self._subject_keys.get(subject)
         if subject_keys is None or subject_keys.limit_set is not limit_set:
             subject_keys = self._keys(subject, limit_set)
-        keys = subject_keys.keys
         denied = limiter.denied_until.get(subject_keys.deny_key)
         if denied is not None and not self._shadow:
             wait = denied[0] - limiter.clock.monotonic()
@@ -301,38 +306,47 @@ class RateLimitPolicy:
                 raise TooManyRequests(
                     "the rate limit is exceeded", headers={"Retry-After": _seconds(wait)}
                 )
-        headers = ctx.response_headers
+        if limiter.remote:
+            return self._decide_remotely(ctx, call_next, subject_keys)
         single = limit_set.single_rate
-        if single is not None and not limiter.remote:
-            # The memory store and one rate limit: one outcome, no Decision around it,
-            # and the RateLimit entry rendered here. Every request of a limited route
-            # comes this way in the common configuration.
+        if single is not None:
+            # One rate limit: one outcome, no Decision around it, and the RateLimit
+            # entry rendered here. Every request of a limited route comes this way in
+            # the common configuration.
             admitted, remaining, reset, retry = limiter.local.decide_rate_now(
-                keys[0], single, self._cost
+                subject_keys.keys[0], single, self._cost
             )
             # ``reset`` is never negative here (a TAT is never before now): no clamp.
             state = f"{limit_set.state_prefixes[0]}{remaining};t={math.ceil(reset)}"
-            headers.append((POLICY_HEADER, limit_set.policy_header))
-            headers.append((STATE_HEADER, state))
-            if admitted:
-                counts = self._counts
-                counts["admitted"] = counts.get("admitted", 0) + 1
-                return await call_next(ctx)
-            return await self._refused(ctx, call_next, subject_keys, state, retry)
-        decision: Decision | None
-        if not limiter.remote:
-            # The memory store answers without waiting: no coroutine to make and await.
-            decision = limiter.local.decide_now(keys, limits, self._cost)
         else:
-            # A round trip to Redis: show what it cost in Server-Timing.
-            now = limiter.clock.monotonic()
-            decision = await limiter.decide(keys, limits, self._cost)
-            ctx.policy_timings.append(("ratelimit", limiter.clock.monotonic() - now))
+            decision = limiter.local.decide_now(subject_keys.keys, limits, self._cost)
+            admitted, state = decision.admitted, limit_set.state_header(decision)
+            retry = decision.retry_after
+        headers = ctx.response_headers
+        headers.append((POLICY_HEADER, limit_set.policy_header))
+        headers.append((STATE_HEADER, state))
+        if admitted:
+            counts = self._counts
+            counts["admitted"] = counts.get("admitted", 0) + 1
+            return call_next(ctx)
+        return self._refused(ctx, call_next, subject_keys, state, retry)
+
+    async def _decide_remotely(
+        self, ctx: RequestContext, call_next: Handler, subject_keys: _SubjectKeys
+    ) -> web.StreamResponse:
+        """The Redis store's decision: a round trip, shown in Server-Timing."""
+        limiter = self._limiter
+        limit_set = subject_keys.limit_set
+        keys = subject_keys.keys
+        now = limiter.clock.monotonic()
+        decision = await limiter.decide(keys, limit_set.limits, self._cost)
+        ctx.policy_timings.append(("ratelimit", limiter.clock.monotonic() - now))
+        if decision is None:
+            decision = self._store_down(ctx, keys, limit_set)
             if decision is None:
-                decision = self._store_down(ctx, keys, limit_set)
-                if decision is None:
-                    return await call_next(ctx)
+                return await call_next(ctx)
         state = limit_set.state_header(decision)
+        headers = ctx.response_headers
         headers.append((POLICY_HEADER, limit_set.policy_header))
         headers.append((STATE_HEADER, state))
         if decision.admitted:
@@ -340,19 +354,19 @@ class RateLimitPolicy:
             return await call_next(ctx)
         return await self._refused(ctx, call_next, subject_keys, state, decision.retry_after)
 
-    async def _refused(
+    def _refused(
         self,
         ctx: RequestContext,
         call_next: Handler,
         subject_keys: _SubjectKeys,
         state: str,
         retry: float,
-    ) -> web.StreamResponse:
+    ) -> Awaitable[web.StreamResponse]:
         """A refusal: 429 and remembered until ``retry``, or in shadow mode only marked."""
         if self._shadow:
             self._count("shadow_refused")
             ctx.response_headers.append((DEGRADED_HEADER, "shadow;would-refuse"))
-            return await call_next(ctx)
+            return call_next(ctx)
         self._count("refused")
         limiter = self._limiter
         limiter.denied_until[subject_keys.deny_key] = (limiter.clock.monotonic() + retry, state)
