@@ -14,7 +14,8 @@ Theory of operation:
   refused request costs no budget, and a burst and a quota are charged together or not
   at all.
 The Redis script (``limiter.lua``) is this module transcribed; the store test suite
-runs the same cases against both.
+runs the same cases against both. The memory store's one-rate path
+(``MemoryLimiterStore.decide_rate_now``) inlines ``_rate``; a test compares the two.
 """
 
 from __future__ import annotations

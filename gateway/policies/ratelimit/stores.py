@@ -72,9 +72,9 @@ class MemoryLimiterStore:
         """One rate limit's decision on the policy's path for the common configuration:
         ``(admitted, remaining, reset, retry_after)``, the fields of its ``Outcome``.
 
-        ``arithmetic.rate`` inlined, without the objects around it: this runs for every
-        request of a limited route, and the general path cost twice as much. The test
-        suite holds the two to the same answers.
+        The GCRA step of ``arithmetic._rate``, inlined and without the objects around
+        it: this runs for every request of a limited route, and the general path cost
+        twice as much. A store test holds the two paths to the same answers.
         """
         now = self._clock.wall()
         states = self._states
