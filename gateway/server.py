@@ -106,6 +106,10 @@ class Gateway:
         self.last_reload_error: str | None = None
         #: Wall-clock time of the last reload, accepted or refused.
         self.last_reload_at: float | None = None
+        #: Set when ``stop`` begins: the listener is closed and in-flight requests are
+        #: finishing, so ``/readyz`` says not ready while the admin listener still runs.
+        self.draining = False
+        self._stopped = False
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -168,7 +172,14 @@ class Gateway:
         return int(address[1])
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish (bounded), close pools."""
+        """Stop accepting, let in-flight requests finish (bounded), close pools.
+
+        The admin listener stays up until the requests have finished, answering
+        ``/readyz`` with 503 meanwhile. A second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.draining = True
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -1,8 +1,9 @@
 """Liveness (``/healthz``) and readiness (``/readyz``).
 
-Liveness says only that the process answers. Readiness pings the stores the gateway
-was started with and is *not ready* (503) while a store that the current routes
-cannot serve without is down:
+Liveness says only that the process answers. Readiness is *not ready* (503) while the
+gateway shuts down (its listener closed, in-flight requests finishing), and otherwise
+pings the stores the gateway was started with and is not ready while a store that the
+current routes cannot serve without is down:
 
 - the credential store, when a route authenticates or the token endpoint is on
   (uncached credentials would get 503);
@@ -126,6 +127,10 @@ class Readiness:
             )
         return dependencies + self._redis
 
+    @property
+    def draining(self) -> bool:
+        return self._gateway.draining
+
     async def check(self) -> dict[str, Check]:
         clock = self._gateway.clock
         async with self._lock:
@@ -171,7 +176,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks = await request.app[READINESS].check()
+    readiness = request.app[READINESS]
+    if readiness.draining:
+        # Load balancers must stop sending: the listener is closed already, and what
+        # is in flight is finishing.
+        return problem(
+            503,
+            "Not ready",
+            "the gateway is shutting down: in-flight requests are finishing",
+            headers={"Retry-After": "1"},
+            extra={"ready": False, "draining": True},
+        )
+    checks = await readiness.check()
     body = {name: {"ok": check.ok, "required": check.required} for name, check in checks.items()}
     down = sorted(name for name, check in checks.items() if check.required and not check.ok)
     if down:

@@ -88,7 +88,14 @@ _SCHEMAS: Json = {
     "NotReady": {
         "allOf": [
             _ref("Problem"),
-            _object({"ready": {"const": False}, "checks": _ref("Checks")}),
+            _object(
+                {
+                    "ready": {"const": False},
+                    "checks": _ref("Checks"),
+                    "draining": {"const": True},
+                },
+                required=["ready"],
+            ),
         ]
     },
     "Health": _object({"status": {"const": "ok"}}),
@@ -317,11 +324,13 @@ _PATHS: Json = {
     },
     "/readyz": {
         "get": _operation(
-            "Readiness: 503 while a store the current routes need is down (no token)",
+            "Readiness: 503 while a store the current routes need is down, or while the"
+            " gateway shuts down (no token)",
             {
                 "200": _json(_ref("Ready"), "ready"),
                 "503": _problem(
-                    "not ready; `checks` says which store is down",
+                    "not ready; `checks` says which store is down, or `draining` that the"
+                    " gateway is shutting down",
                     "NotReady",
                     {"Retry-After": {"schema": {"type": "string"}}},
                 ),

@@ -508,3 +508,46 @@ async def test_created_credentials_and_purges(start_gateway, http, tmp_path) -> 
     assert listing == {"keys": []}
     status, _, purged = await admin.call("DELETE", "/admin/cache", params={"prefix": "/"})
     assert (status, purged) == (200, {"purged": 0})
+
+
+async def test_readyz_is_503_while_the_gateway_drains_its_in_flight_requests(
+    start_gateway, http, tmp_path, aiohttp_server
+) -> None:
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.json_response({"done": True})
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    upstream = await aiohttp_server(app)
+    origin = str(upstream.make_url("")).rstrip("/")
+    routes = f"routes:\n  - path: /slow\n    proxy: {{url: '{origin}', timeout: 10s}}\n"
+    # Long enough that the request in flight is let finish, not cancelled.
+    gw = await start_gateway(routes, server="shutdown_timeout: 10s", top=admin_top(tmp_path))
+    admin = Admin(gw, http, (tmp_path / "admin-token").read_text().strip())
+    status, _, body = await admin.call("GET", "/readyz", token=False)
+    assert (status, body["ready"]) == (200, True)
+
+    in_flight = asyncio.ensure_future(http.get(f"{admin.gw.url}/slow"))
+    await asyncio.wait_for(arrived.wait(), 5)
+    stopping = asyncio.ensure_future(admin.gw.gateway.stop())
+    assert await poll_status(http, f"{admin.url}/readyz", 503) == 503
+    status, headers, body = await admin.call("GET", "/readyz", token=False)
+    assert headers["Content-Type"] == "application/problem+json"
+    assert (status, headers["Retry-After"], body["ready"], body["draining"]) == (
+        503,
+        "1",
+        False,
+        True,
+    )
+    assert not stopping.done()
+
+    release.set()
+    response = await asyncio.wait_for(in_flight, 5)
+    assert response.status == 200  # the request in flight was finished, not cut
+    assert await response.json() == {"done": True}
+    response.release()
+    await asyncio.wait_for(stopping, 5)
