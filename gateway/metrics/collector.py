@@ -166,6 +166,11 @@ def _routes(recorders: list[RouteMetrics]) -> Iterator[Metric]:
         "Partial fan-out responses, one per missing part.",
         labels=("route", "missing"),
     )
+    answers = CounterMetricFamily(
+        "gateway_partial_answers_total",
+        "Partial fan-out responses, one per answer whatever the parts it misses.",
+        labels=("route",),
+    )
     for recorder in recorders:
         route = recorder.name
         for status, histogram in sorted(recorder.requests.items()):
@@ -177,7 +182,9 @@ def _routes(recorders: list[RouteMetrics]) -> Iterator[Metric]:
             _add(budget, (route,), recorder.budget_used)
         for missing, count in sorted(recorder.partial.items()):
             partial.add_metric((route, missing), count)
-    yield from (requests, upstream, budget, partial)
+        if recorder.partial_responses:
+            answers.add_metric((route,), recorder.partial_responses)
+    yield from (requests, upstream, budget, partial, answers)
 
 
 def _add(family: HistogramMetricFamily, labels: tuple[str, ...], histogram: Histogram) -> None:

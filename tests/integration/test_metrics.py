@@ -470,3 +470,39 @@ async def test_metrics_off_records_no_requests(
     assert of_name(samples, "gateway_upstream_seconds_count") == {}
     # What is not per request is still there.
     assert value(samples, "gateway_route_budget_seconds", route="one") == 30.0
+
+
+async def test_an_answer_missing_two_parts_is_one_partial_answer_and_two_missing_parts(
+    start_gateway: Any, http: aiohttp.ClientSession, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    async def broken(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=500, text="no")
+
+    fine = await serve(aiohttp_server, json_reply({}))
+    bad = await serve(aiohttp_server, broken)
+    gw = await start_gateway(
+        f"""
+        routes:
+          - name: two
+            path: /two
+            fanout:
+              backends:
+                first: {{url: '{bad}/a'}}
+                second: {{url: '{bad}/b'}}
+                other: {{url: '{fine}/o'}}
+          - name: whole
+            path: /whole
+            fanout:
+              backends:
+                other: {{url: '{fine}/o'}}
+        """,
+        top=admin_top(tmp_path),
+    )
+    assert [await get_status(http, f"{gw.url}/two") for _ in range(3)] == [200] * 3
+    assert await get_status(http, f"{gw.url}/whole") == 200
+    samples = await scrape(http, gw)
+    assert of_name(samples, "gateway_partial_answers_total") == {frozenset({("route", "two")}): 3}
+    assert of_name(samples, "gateway_partial_responses_total") == {
+        frozenset({("route", "two"), ("missing", "first")}): 3,
+        frozenset({("route", "two"), ("missing", "second")}): 3,
+    }
