@@ -12,6 +12,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from gateway.admin.app import admin_app
 from gateway.admin.openapi import DOCUMENT
 from tests.conftest import RunningGateway
 from tests.redis_server import RedisServer
@@ -89,6 +90,32 @@ def assert_problem(headers: dict[str, str], body: Any, status: int) -> None:
 
 def concrete(path: str) -> str:
     return path.replace("{key_id}", "k0").replace("{client_id}", "c0")
+
+
+async def test_the_document_describes_exactly_the_operations_the_app_registers(
+    start_gateway, http, tmp_path, upstream_url
+) -> None:
+    admin = await start_admin(
+        start_gateway,
+        http,
+        tmp_path,
+        f"routes:\n  - path: /a\n    proxy: {{url: '{upstream_url}'}}\n",
+    )
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app = admin_app(admin.gw.gateway, "token", metrics=metrics)
+    registered = {
+        (route.method.lower(), route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None
+    }
+    documented = {
+        (method, path) for path, operations in DOCUMENT["paths"].items() for method in operations
+    }
+    assert registered == documented
+    assert len(registered) == 19
 
 
 async def test_every_operation_needs_the_token_but_the_probes(
