@@ -20,7 +20,7 @@ ROUND_ORDER = (
 )
 #: wrk takes whole seconds, and a run much shorter than this is mostly ramp-up.
 MIN_ROUND_S = 3
-DEFAULT_ROUNDS = 3
+DEFAULT_ROUNDS = 5
 #: Per-run figures whose median over the rounds is the variant's figure.
 ROUND_FIGURES = (
     "rps",
