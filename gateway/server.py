@@ -109,7 +109,7 @@ class Gateway:
         #: Set when ``stop`` begins: the listener is closed and in-flight requests are
         #: finishing, so ``/readyz`` says not ready while the admin listener still runs.
         self.draining = False
-        self._stopped = False
+        self._stopping: asyncio.Future[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -175,14 +175,21 @@ class Gateway:
         """Stop accepting, let in-flight requests finish (bounded), close pools.
 
         The admin listener stays up until the requests have finished, answering
-        ``/readyz`` with 503 meanwhile. A second call does nothing."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self.draining = True
+        ``/readyz`` with 503 meanwhile. There is one shutdown: a second call waits for
+        it, and a caller cancelled while waiting does not cut it short."""
+        if self._stopping is None:
+            self.draining = True
+            self._stopping = asyncio.ensure_future(self._shut_down())
+        await asyncio.shield(self._stopping)
+
+    async def _shut_down(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        # A reload under way finishes first (later ones are refused while draining), so
+        # nothing it builds is left behind the cleanup below.
+        async with self._reload_lock:
+            pass
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
@@ -201,8 +208,13 @@ class Gateway:
     # -- reload ------------------------------------------------------------------
 
     async def reload(self) -> bool:
-        """Load the config files again; keep the running config if they are broken."""
+        """Load the config files again; keep the running config if they are broken.
+
+        Refused (False) once the gateway is shutting down."""
         async with self._reload_lock:
+            if self.draining:
+                log.warning("config reload ignored: the gateway is shutting down")
+                return False
             try:
                 loaded = await asyncio.to_thread(load_config, self.config_path)
                 await self._start_auth_if_needed(loaded)

@@ -88,14 +88,13 @@ _SCHEMAS: Json = {
     "NotReady": {
         "allOf": [
             _ref("Problem"),
-            _object(
-                {
-                    "ready": {"const": False},
-                    "checks": _ref("Checks"),
-                    "draining": {"const": True},
-                },
-                required=["ready"],
-            ),
+            {
+                # A store down (``checks`` says which) or the gateway shutting down.
+                "oneOf": [
+                    _object({"ready": {"const": False}, "checks": _ref("Checks")}),
+                    _object({"ready": {"const": False}, "draining": {"const": True}}),
+                ]
+            },
         ]
     },
     "Health": _object({"status": {"const": "ok"}}),
@@ -411,6 +410,7 @@ _PATHS: Json = {
                     "the new config serves",
                 ),
                 "422": _problem("the config was refused; `detail` says where and why"),
+                "503": _problem("the gateway is shutting down"),
             },
         ),
     },

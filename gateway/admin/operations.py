@@ -27,6 +27,13 @@ async def reload(request: web.Request) -> web.Response:
     """Reload now, as SIGHUP does; a refused config leaves the running one serving."""
     gateway = request.app[GATEWAY]
     if not await gateway.reload():
+        if gateway.draining:
+            raise AdminProblem(
+                503,
+                "Shutting down",
+                "the gateway is shutting down: it takes no reloads",
+                extra={"reloaded": False},
+            )
         raise AdminProblem(
             422,
             "Config refused",

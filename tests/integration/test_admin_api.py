@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 import orjson
 import pytest
 from aiohttp import web
@@ -564,17 +565,25 @@ async def test_readyz_is_503_while_the_gateway_drains_its_in_flight_requests(
     assert await poll_status(http, f"{admin.url}/readyz", 503) == 503
     status, headers, body = await admin.call("GET", "/readyz", token=False)
     assert headers["Content-Type"] == "application/problem+json"
-    assert (status, headers["Retry-After"], body["ready"], body["draining"]) == (
-        503,
-        "1",
-        False,
-        True,
+    assert (status, headers["Retry-After"]) == (503, "1")
+    assert (body["ready"], body["draining"]) == (False, True)
+    jsonschema.validate(
+        body,
+        {"$ref": "#/components/schemas/NotReady", "components": DOCUMENT["components"]},
+        cls=jsonschema.Draft202012Validator,
     )
+    # No reload while shutting down: it would build pools the shutdown has closed.
+    status, _, body = await admin.call("POST", "/admin/reload")
+    assert (status, body["reloaded"]) == (503, False)
+    # A second stop waits for the one shutdown rather than returning at once.
+    again = asyncio.ensure_future(admin.gw.gateway.stop())
+    await asyncio.sleep(0.05)
     assert not stopping.done()
+    assert not again.done()
 
     release.set()
     response = await asyncio.wait_for(in_flight, 5)
     assert response.status == 200  # the request in flight was finished, not cut
     assert await response.json() == {"done": True}
     response.release()
-    await asyncio.wait_for(stopping, 5)
+    await asyncio.wait_for(asyncio.gather(stopping, again), 5)
