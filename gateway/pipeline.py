@@ -1,8 +1,11 @@
 """The shape of a route's request path: policies folded around a terminal handler.
 
 A policy is an object with one method, ``handle(ctx, call_next)``. It answers early by
-returning a response without awaiting ``call_next``, or awaits it and decorates what
-comes back. Chains are folded once per route when the config loads, never per request.
+returning a response (or raising a ``GatewayError``) without awaiting ``call_next``, or
+awaits it and decorates what comes back. A policy that never waits may instead be a
+plain function that returns ``call_next(ctx)`` unawaited: its frame then stays out of
+the request's await chain. Chains are folded once per route when the config loads,
+never per request.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def stats(view: Gateway) -> Json:
                 "kind": route.kind,
                 "budget_ms": route.budget * 1000.0,
                 **_requests(recorder.requests.items()),
-                "partial": recorder.partial_responses,
+                "partial": recorder.partial_answers,
                 "backends": [
                     _backend(backend, by_outcome)
                     for backend, by_outcome in sorted(recorder.upstream.items())

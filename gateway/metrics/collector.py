@@ -163,12 +163,14 @@ def _routes(recorders: list[RouteMetrics]) -> Iterator[Metric]:
     )
     partial = CounterMetricFamily(
         "gateway_partial_responses_total",
-        "Partial fan-out responses, one per missing part.",
+        "Partial fan-out responses, one per missing part (an answer missing two parts "
+        "counts twice; gateway_partial_answers_total counts it once).",
         labels=("route", "missing"),
     )
     answers = CounterMetricFamily(
         "gateway_partial_answers_total",
-        "Partial fan-out responses, one per answer whatever the parts it misses.",
+        "Partial fan-out responses, one per answer whatever the parts it misses "
+        "(zero for fan-out routes that have answered in full).",
         labels=("route",),
     )
     for recorder in recorders:
@@ -182,8 +184,10 @@ def _routes(recorders: list[RouteMetrics]) -> Iterator[Metric]:
             _add(budget, (route,), recorder.budget_used)
         for missing, count in sorted(recorder.partial.items()):
             partial.add_metric((route, missing), count)
-        if recorder.partial_responses:
-            answers.add_metric((route,), recorder.partial_responses)
+        if recorder.budget_used.count:
+            # Every fan-out route that has answered, zeros included, so that a share
+            # computed from it exists for healthy routes too.
+            answers.add_metric((route,), recorder.partial_answers)
     yield from (requests, upstream, budget, partial, answers)
 
 

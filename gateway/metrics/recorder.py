@@ -27,7 +27,7 @@ NO_ROUTE = "(none)"
 class RouteMetrics:
     """One route's request, upstream and fan-out figures."""
 
-    __slots__ = ("budget_used", "name", "partial", "partial_responses", "requests", "upstream")
+    __slots__ = ("budget_used", "name", "partial", "partial_answers", "requests", "upstream")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -42,7 +42,7 @@ class RouteMetrics:
         self.partial: dict[str, int] = {}
         #: Fan-out only: partial responses. Not the sum of ``partial``: an answer with two
         #: parts missing counts once here, twice there.
-        self.partial_responses = 0
+        self.partial_answers = 0
 
     def copy(self) -> RouteMetrics:
         """A copy that later requests do not change: what a scrape renders."""
@@ -54,7 +54,7 @@ class RouteMetrics:
         }
         twin.budget_used = self.budget_used.copy()
         twin.partial = self.partial.copy()
-        twin.partial_responses = self.partial_responses
+        twin.partial_answers = self.partial_answers
         return twin
 
     def record(self, status: int, seconds: float, ctx: RequestContext | None) -> None:
@@ -97,7 +97,7 @@ class RouteMetrics:
                 partial[name] = partial.get(name, 0) + 1
                 missing = True
         if missing:
-            self.partial_responses += 1
+            self.partial_answers += 1
 
 
 class RouteRecorders:

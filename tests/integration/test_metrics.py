@@ -501,7 +501,11 @@ async def test_an_answer_missing_two_parts_is_one_partial_answer_and_two_missing
     assert [await get_status(http, f"{gw.url}/two") for _ in range(3)] == [200] * 3
     assert await get_status(http, f"{gw.url}/whole") == 200
     samples = await scrape(http, gw)
-    assert of_name(samples, "gateway_partial_answers_total") == {frozenset({("route", "two")}): 3}
+    # A fan-out route that answered in full has its zero: its partial share exists.
+    assert of_name(samples, "gateway_partial_answers_total") == {
+        frozenset({("route", "two")}): 3,
+        frozenset({("route", "whole")}): 0,
+    }
     assert of_name(samples, "gateway_partial_responses_total") == {
         frozenset({("route", "two"), ("missing", "first")}): 3,
         frozenset({("route", "two"), ("missing", "second")}): 3,

@@ -100,23 +100,29 @@ def limiter_of(gw: RunningGateway) -> Limiter:
     return limiter
 
 
+def count_calls_of(owner: Any, *names: str) -> list[int]:
+    """Wrap the named methods with one counter that calls through; the box."""
+    calls = [0]
+    for name in names:
+        original = getattr(owner, name)
+
+        def counting(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            calls[0] += 1
+            return _original(*args, **kwargs)
+
+        setattr(owner, name, counting)
+    return calls
+
+
 def count_calls(owner: Any) -> list[int]:
     """Wrap the store's decision method with a counter that calls through; the box.
 
     The memory store is asked through ``decide_now`` or, for one rate limit,
     ``decide_rate_now`` (it never waits), Redis through ``decide``.
     """
-    calls = [0]
     if hasattr(owner, "decide_now"):
-        for name in ("decide_now", "decide_rate_now"):
-            original_now = getattr(owner, name)
-
-            def counting_now(*args: Any, _original: Any = original_now, **kwargs: Any) -> Any:
-                calls[0] += 1
-                return _original(*args, **kwargs)
-
-            setattr(owner, name, counting_now)
-        return calls
+        return count_calls_of(owner, "decide_now", "decide_rate_now")
+    calls = [0]
     original = owner.decide
 
     async def counting(*args: Any, **kwargs: Any) -> Decision:
@@ -237,6 +243,30 @@ async def test_refusals_within_retry_are_answered_from_memory(
     clock.advance(0.5)
     assert await statuses(http, f"{gw.url}/ip", 1) == [200]
     assert calls[0] == 4
+
+
+async def test_one_rate_limit_takes_the_memory_stores_short_path(
+    start_gateway: Any, upstream_url: str, http: aiohttp.ClientSession
+) -> None:
+    gw = await start_gateway(
+        f"""
+        routes:
+          - path: /rate
+            proxy: {{url: '{upstream_url}'}}
+            rate_limit: {{by: ip}}
+          - path: /both
+            proxy: {{url: '{upstream_url}'}}
+            rate_limit: {{by: ip, plan: false, limit: {{rate: 5/s, quota: 100/day}}}}
+        """,
+        top="rate_limits: {plans: {free: {rate: 5/s, burst: 5}}}",
+        clock=ManualClock(),
+    )
+    local = limiter_of(gw).local
+    short, general = count_calls_of(local, "decide_rate_now"), count_calls_of(local, "decide_now")
+    assert await statuses(http, f"{gw.url}/rate", 2) == [200, 200]
+    assert (short[0], general[0]) == (2, 0)
+    assert await statuses(http, f"{gw.url}/both", 2) == [200, 200]
+    assert (short[0], general[0]) == (2, 2)
 
 
 # -- plans, contracts, subjects ------------------------------------------------------------

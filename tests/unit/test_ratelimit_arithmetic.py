@@ -61,7 +61,7 @@ def test_burst_is_whole_at_wall_clock_times() -> None:
 
     At epoch-scale times a float's resolution is ~2.4e-7 s, so ``tat + cost * interval -
     burst * interval`` can land one ulp after ``now``; a tolerance far below that
-    (``1e-9`` in ``rate``) does not absorb it, and the last unit of the burst is refused.
+    (``1e-9`` in ``_rate``) does not absorb it, and the last unit of the burst is refused.
     """
     cases = [(5.0, 10), (9.0, 3), (40.0, 2), (6.0, 2), (10.0, 20), (50.0, 10)]
     admitted = {}
