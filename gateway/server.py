@@ -110,6 +110,7 @@ class Gateway:
         #: finishing, so ``/readyz`` says not ready while the admin listener still runs.
         self.draining = False
         self._stopping: asyncio.Future[None] | None = None
+        self._drain_delay = 0.0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -134,6 +135,8 @@ class Gateway:
         )
         self.runtime = await build_runtime(self._loaded, self._services())
         server_spec = self._loaded.config.server
+        # Like every `server:` setting, fixed at start (a reload warns that it waits).
+        self._drain_delay = server_spec.drain_delay
         limits = server_spec.limits
         server = _Server(
             self._handle,
@@ -183,6 +186,10 @@ class Gateway:
         await asyncio.shield(self._stopping)
 
     async def _shut_down(self) -> None:
+        delay = self._drain_delay
+        if delay > 0 and self._runner is not None:
+            # Not ready, still serving: load balancers polling /readyz move away first.
+            await asyncio.sleep(delay)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

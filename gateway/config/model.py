@@ -57,6 +57,10 @@ class ServerSpec(Spec):
     limits: LimitsSpec = LimitsSpec()
     #: How long in-flight requests may run on after SIGTERM before they are cut.
     shutdown_timeout: Duration = 10.0
+    #: After SIGTERM, how long the gateway goes on accepting and serving while
+    #: ``/readyz`` already answers 503, so load balancers stop sending before the
+    #: listener closes. 0: the listener closes at once.
+    drain_delay: Duration = 0.0
     #: ``stdout``, ``off``, or a file path for the JSON access log.
     access_log: str = "stdout"
     #: The pseudonym this gateway adds to ``Via``.

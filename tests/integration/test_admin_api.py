@@ -587,3 +587,21 @@ async def test_readyz_is_503_while_the_gateway_drains_its_in_flight_requests(
     assert await response.json() == {"done": True}
     response.release()
     await asyncio.wait_for(asyncio.gather(stopping, again), 5)
+
+
+async def test_with_a_drain_delay_the_gateway_serves_on_while_not_ready(
+    start_gateway, http, tmp_path, upstream_url
+) -> None:
+    routes = f"routes:\n  - path: /a\n    proxy: {{url: '{upstream_url}'}}\n"
+    gw = await start_gateway(routes, server="drain_delay: 1s", top=admin_top(tmp_path))
+    admin = Admin(gw, http, (tmp_path / "admin-token").read_text().strip())
+    stopping = asyncio.ensure_future(gw.gateway.stop())
+    assert await poll_status(http, f"{admin.url}/readyz", 503) == 503
+    # Not ready, and still answering: a new connection is accepted and served.
+    async with aiohttp.ClientSession() as fresh, fresh.get(f"{gw.url}/a") as response:
+        assert response.status == 200
+    assert not stopping.done()
+    await asyncio.wait_for(stopping, 5)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with aiohttp.ClientSession() as fresh, fresh.get(f"{gw.url}/a"):
+            pass
