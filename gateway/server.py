@@ -79,6 +79,17 @@ class _Server(web.Server):
         return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
+class _ProblemAppRunner(web.AppRunner):
+    """The admin listener's runner: its unparseable requests get problem+json too."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The application's own server, with the connection handler class swapped:
+        # _Server adds no state, only which RequestHandler a connection gets.
+        server.__class__ = _Server
+        return server
+
+
 class Gateway:
     """One gateway process: a listener, the current Runtime, and reloads."""
 
@@ -157,7 +168,7 @@ class Gateway:
         if admin.enabled:
             assert admin_key is not None
             app = admin_app(self, admin_key, metrics=metrics_handler(self))
-            self._admin_runner = web.AppRunner(app, access_log=None)
+            self._admin_runner = _ProblemAppRunner(app, access_log=None)
             await self._admin_runner.setup()
             await web.TCPSite(self._admin_runner, admin.listen.host, admin.listen.port).start()
 

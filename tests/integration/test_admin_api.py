@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.admin.app import admin_app
 from gateway.admin.openapi import DOCUMENT
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, raw_request
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -605,3 +605,29 @@ async def test_with_a_drain_delay_the_gateway_serves_on_while_not_ready(
     with pytest.raises(aiohttp.ClientConnectionError):
         async with aiohttp.ClientSession() as fresh, fresh.get(f"{gw.url}/a"):
             pass
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        # Both framings at once (RFC 9112 6.3): the request cannot be parsed safely.
+        b"POST /admin/clients HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Length: 3\r\n\r\nabc",
+        b"NOT A REQUEST\r\n\r\n",
+    ],
+)
+async def test_an_unparseable_admin_request_is_a_problem_too(
+    start_gateway, http, tmp_path, upstream_url, request_bytes: bytes
+) -> None:
+    admin = await start_admin(
+        start_gateway,
+        http,
+        tmp_path,
+        f"routes:\n  - path: /a\n    proxy: {{url: '{upstream_url}'}}\n",
+    )
+    port = admin.gw.gateway.admin_port
+    assert port is not None
+    response = await raw_request(port, request_bytes)
+    assert response.status == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert orjson.loads(response.body)["status"] == 400
