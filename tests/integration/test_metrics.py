@@ -252,14 +252,19 @@ async def test_fanout_timeouts_partials_and_budget_used(
     assert value(samples, "gateway_route_budget_seconds", route="dash") == 0.1
 
 
-async def test_a_failed_fanout_is_not_a_partial_and_status_answers_are_errors(
-    start_gateway: Any, http: aiohttp.ClientSession, aiohttp_server: Any, tmp_path: Path
-) -> None:
+async def fine_and_broken(aiohttp_server: Any) -> tuple[str, str]:
+    """Two backends: one answers ``{}``, the other 500."""
+
     async def broken(request: web.Request) -> web.StreamResponse:
         return web.Response(status=500, text="no")
 
-    fine = await serve(aiohttp_server, json_reply({}))
-    bad = await serve(aiohttp_server, broken)
+    return await serve(aiohttp_server, json_reply({})), await serve(aiohttp_server, broken)
+
+
+async def test_a_failed_fanout_is_not_a_partial_and_status_answers_are_errors(
+    start_gateway: Any, http: aiohttp.ClientSession, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    fine, bad = await fine_and_broken(aiohttp_server)
     gw = await start_gateway(
         f"""
         routes:
@@ -475,11 +480,7 @@ async def test_metrics_off_records_no_requests(
 async def test_an_answer_missing_two_parts_is_one_partial_answer_and_two_missing_parts(
     start_gateway: Any, http: aiohttp.ClientSession, aiohttp_server: Any, tmp_path: Path
 ) -> None:
-    async def broken(request: web.Request) -> web.StreamResponse:
-        return web.Response(status=500, text="no")
-
-    fine = await serve(aiohttp_server, json_reply({}))
-    bad = await serve(aiohttp_server, broken)
+    fine, bad = await fine_and_broken(aiohttp_server)
     gw = await start_gateway(
         f"""
         routes:
