@@ -257,7 +257,9 @@ _RESPONSES: Json = {
         "the admin token is missing or wrong",
         headers={"WWW-Authenticate": {"schema": {"type": "string"}}},
     ),
-    "BadRequest": _problem("the body is not JSON"),
+    "BadRequest": _problem(
+        "the request could not be parsed (its framing or headers), or its body is not JSON"
+    ),
     "Invalid": _problem("the body or a parameter breaks this operation's rules"),
     "NotFound": _problem("no such key or client, or no credential store"),
     "TooLarge": _problem("the body is larger than 64 KiB"),
@@ -277,9 +279,10 @@ def _operation(
     parameters: list[Json] | None = None,
     public: bool = False,
 ) -> Json:
-    operation: Json = {"summary": summary, "responses": responses}
+    # Any operation: a request aiohttp cannot parse is answered 400 before routing.
+    operation: Json = {"summary": summary, "responses": {**responses, "400": _error("BadRequest")}}
     if not public:
-        operation["responses"] = {**responses, "401": _error("Unauthorized")}
+        operation["responses"]["401"] = _error("Unauthorized")
     else:
         operation["security"] = []
     if parameters:
@@ -289,7 +292,7 @@ def _operation(
             "required": body_required,
             "content": {"application/json": {"schema": _ref(body)}},
         }
-        operation["responses"] |= {"400": _error("BadRequest"), "413": _error("TooLarge")}
+        operation["responses"]["413"] = _error("TooLarge")
     return operation
 
 
