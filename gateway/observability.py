@@ -1,9 +1,8 @@
 """What the gateway tells about each request: request ids, Server-Timing, the access log.
 
-The access log is written by a background thread: the request path only appends a
-tuple to a queue (a few hundred nanoseconds), and serialisation and the write to
-stdout happen off the event loop, so a slow terminal or a full pipe never delays a
-response.
+The access log's lines are encoded on the request path into one growing buffer, and a
+background thread writes the buffer every ``flush_interval``: a slow terminal or a full
+pipe never delays a response, and nothing of a request outlives it but its bytes.
 """
 
 from __future__ import annotations
@@ -62,18 +61,24 @@ def server_timing(ctx: RequestContext, total: float) -> str:
 class AccessLog:
     """JSON lines, one per request, written off the event loop.
 
-    ``record`` appends a tuple to a list; every ``flush_interval`` the loop hands the
-    whole list to a writer thread, which encodes and writes it. Handing over batches
-    (not single records) matters: a thread woken per record costs a GIL hand-off per
-    request, which on a busy core showed up as ~10 % fewer requests per second.
+    ``record`` encodes its line onto a bytearray; every ``flush_interval`` the loop
+    hands the buffer to a writer thread, which writes it. Measured, with metrics and
+    tracing on (nine interleaved rounds each):
+
+    - a thread woken per record cost a GIL hand-off per request, ~10 % fewer requests
+      per second, hence batches;
+    - batches of tuples encoded in the thread kept each request's objects alive for the
+      interval and let the thread hold the GIL for a whole batch: the route's p99 rose
+      from 4.3 to 5.9 ms. Encoded here into one buffer, p99 is 4.7 ms, at the same
+      throughput.
     """
 
     def __init__(self, stream: IO[bytes] | None, flush_interval: float = 0.1) -> None:
         self._stream = stream
         self._interval = flush_interval
-        self._pending: list[tuple[Any, ...]] = []
+        self._pending = bytearray()
         self._timer: asyncio.TimerHandle | None = None
-        self._queue: queue.SimpleQueue[list[tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         if stream is not None:
             self._thread = threading.Thread(target=self._drain, name="access-log", daemon=True)
@@ -105,7 +110,7 @@ class AccessLog:
     ) -> None:
         if self._stream is None:
             return
-        self._pending.append(
+        self._pending += _encode(
             (wall, request_id, method, path, route, status, duration, timings, trace_id)
         )
         if self._timer is None:
@@ -113,7 +118,7 @@ class AccessLog:
 
     def _hand_over(self) -> None:
         self._timer = None
-        batch, self._pending = self._pending, []
+        batch, self._pending = self._pending, bytearray()
         if batch:
             self._queue.put(batch)
 
@@ -125,7 +130,7 @@ class AccessLog:
             if batch is None:
                 return
             try:
-                stream.write(b"".join([_encode(entry) for entry in batch]))
+                stream.write(batch)
                 stream.flush()
             except (OSError, ValueError):
                 pass  # a closed stdout must not take the gateway down
@@ -144,9 +149,8 @@ class AccessLog:
 
 def _encode(entry: tuple[Any, ...]) -> bytes:
     """One JSON line. Formatted into a bytes template, with each string escaped by
-    orjson, rather than built as a dict and dumped: this runs for every request (in the
-    writer thread, but on the gateway's own CPU and GIL), and the dict cost twice as
-    much."""
+    orjson, rather than built as a dict and dumped: this runs for every request, and the
+    dict cost twice as much."""
     wall, request_id, method, path, route, status, duration, timings, trace_id = entry
     upstreams = (
         b',"upstreams":['
