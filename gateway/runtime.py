@@ -325,6 +325,7 @@ class _Builder:
             sign=auth.signing.sign,
             spec=oauth,
             clock=auth.clock,
+            on_store_error=auth.count_token_store_error,
         )
         jwks = JwksEndpoint(lambda: auth.signing.jwks_document)
         return [

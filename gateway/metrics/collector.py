@@ -70,7 +70,7 @@ def take_snapshot(state: Gateway) -> Snapshot:
     if state.idempotency is not None:
         errors["idempotency"] = state.idempotency.errors
     if state.auth is not None:
-        errors["credentials"] = state.auth.api_keys.store_errors
+        errors["credentials"] = state.auth.store_errors
     if state.cache_bus is not None:
         errors["cache_bus"] = state.cache_bus.errors
     runtime = state.runtime

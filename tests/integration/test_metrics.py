@@ -511,3 +511,39 @@ async def test_an_answer_missing_two_parts_is_one_partial_answer_and_two_missing
         frozenset({("route", "two"), ("missing", "first")}): 3,
         frozenset({("route", "two"), ("missing", "second")}): 3,
     }
+
+
+async def test_token_endpoint_store_errors_count_as_credential_store_errors(
+    start_gateway: Any,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    private_redis_server: RedisServer,
+) -> None:
+    (tmp_path / "admin-token").write_text("test-admin-token\n")
+    gw = await start_gateway(
+        "routes: []\n",
+        top=textwrap.dedent(f"""
+        auth:
+          store: redis
+          redis_url: '{private_redis_server.url}'
+          pepper_file: {tmp_path / "pepper.json"}
+          oauth: {{enabled: true}}
+        admin:
+          enabled: true
+          listen: {{host: 127.0.0.1, port: 0}}
+          token_env: GATEWAY_TEST_METRICS_TOKEN_NEVER_SET
+          token_file: {tmp_path / "admin-token"}
+        """),
+    )
+    assert value(await scrape(http, gw), "gateway_store_errors_total", store="credentials") == 0
+    await private_redis_server.astop()
+    for _ in range(2):
+        async with http.post(
+            f"{gw.url}/oauth/token",
+            data={"grant_type": "client_credentials"},
+            headers={"Authorization": aiohttp.encode_basic_auth("some-client", "some-secret")},
+        ) as response:
+            assert response.status == 503
+            assert (await response.json())["error"] == "temporarily_unavailable"
+    samples = await scrape(http, gw)
+    assert value(samples, "gateway_store_errors_total", store="credentials") == 2

@@ -52,12 +52,15 @@ class TokenEndpoint:
         sign: SignFunction,
         spec: OAuthSpec,
         clock: Clock,
+        on_store_error: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._peppers = peppers
         self._sign = sign
         self._spec = spec
         self._clock = clock
+        #: Told of every credential store failure, for the metrics.
+        self._on_store_error = on_store_error
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
         try:
@@ -74,6 +77,7 @@ class TokenEndpoint:
                 headers=headers,
             )
         except StoreError:
+            self._on_store_error()
             body = {"error": "temporarily_unavailable", "error_description": "try again shortly"}
             return web.Response(
                 status=503,

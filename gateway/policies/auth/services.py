@@ -83,9 +83,20 @@ class AuthServices:
         self.api_keys = api_keys
         self.signing = signing
         self.clock = clock
+        #: Credential store failures of the token endpoint (API-key lookups count their
+        #: own, in ``api_keys``); kept here so that they survive reloads.
+        self.token_store_errors = 0
         self._jwks: dict[str, RemoteJwks] = {}
         self._session: aiohttp.ClientSession | None = None
         self._flusher: asyncio.Task[None] | None = None
+
+    def count_token_store_error(self) -> None:
+        self.token_store_errors += 1
+
+    @property
+    def store_errors(self) -> int:
+        """Failed credential store calls: key lookups, last-use flushes, token requests."""
+        return self.api_keys.store_errors + self.token_store_errors
 
     @classmethod
     async def start(cls, config: GatewayConfig, base_dir: Path, clock: Clock) -> AuthServices:
