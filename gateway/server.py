@@ -229,10 +229,11 @@ class Gateway:
         """Load the config files again; keep the running config if they are broken.
 
         Refused (False) once the gateway is shutting down."""
+        if self.draining:
+            return self._shutting_down()
         async with self._reload_lock:
-            if self.draining:
-                log.warning("config reload ignored: the gateway is shutting down")
-                return False
+            if self._stopping is not None:  # shutting down since this reload queued
+                return self._shutting_down()
             try:
                 loaded = await asyncio.to_thread(load_config, self.config_path)
                 await self._start_auth_if_needed(loaded)
@@ -269,6 +270,11 @@ class Gateway:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
             return True
+
+    @staticmethod
+    def _shutting_down() -> bool:
+        log.warning("config reload ignored: the gateway is shutting down")
+        return False
 
     def _refuse_reload(self, error: str) -> bool:
         self.reloads_failed += 1

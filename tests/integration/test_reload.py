@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from typing import Any
 
 import pytest
 from aiohttp import web
 
+from gateway import server as server_module
+from gateway.config.loader import load_config
 from gateway.reload import watch_config
 from tests.conftest import status_within
 
@@ -108,3 +112,38 @@ async def test_no_request_is_dropped_during_reloads(aiohttp_server, start_gatewa
     await asyncio.gather(client(), client(), client(), reloader())
     assert statuses == [200] * 180
     assert gw.gateway.reloads_ok == 6
+
+
+async def test_a_reload_under_way_when_stop_begins_finishes_and_leaves_nothing_open(
+    aiohttp_server, start_gateway, monkeypatch
+) -> None:
+    upstream = await aiohttp_server(text_app("hello"))
+    url = str(upstream.make_url("")).rstrip("/")
+    gw = await start_gateway("routes:\n" + proxy_route("/a", url))
+    gateway = gw.gateway
+    # The real loader, held at its start until the shutdown has begun.
+    entered, release = threading.Event(), threading.Event()
+    load = load_config
+
+    def held_load(path: str) -> Any:
+        entered.set()
+        release.wait(10)
+        return load(path)
+
+    monkeypatch.setattr(server_module, "load_config", held_load)
+    gw.write_routes("routes:\n" + proxy_route("/a", url) + proxy_route("/b", url))
+    reloading = asyncio.ensure_future(gateway.reload())
+    assert await asyncio.to_thread(entered.wait, 10)
+    stopping = asyncio.ensure_future(gateway.stop())
+    await asyncio.sleep(0.1)
+    assert not stopping.done(), "the shutdown must wait for the reload under way"
+    assert not await gateway.reload(), "no new reload once the shutdown has begun"
+
+    release.set()
+    assert await asyncio.wait_for(reloading, 10)  # it began first: it completes
+    await asyncio.wait_for(stopping, 10)
+    # What the reload built was cleaned up with the rest: its pools closed, the old
+    # runtime's retirement not left running.
+    assert all(task.done() for task in gateway._retiring)
+    assert gateway._registry._pools == {}
+    assert "/b" in {route.path for route in gateway.runtime.routes}
