@@ -14,7 +14,7 @@ import queue
 import re
 import sys
 import threading
-from typing import IO, Any
+from typing import IO
 
 import orjson
 from aiohttp import web
@@ -111,7 +111,7 @@ class AccessLog:
         if self._stream is None:
             return
         self._pending += _encode(
-            (wall, request_id, method, path, route, status, duration, timings, trace_id)
+            wall, request_id, method, path, route, status, duration, timings, trace_id
         )
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self._hand_over)
@@ -147,11 +147,20 @@ class AccessLog:
                 self._stream.close()
 
 
-def _encode(entry: tuple[Any, ...]) -> bytes:
+def _encode(
+    wall: float,
+    request_id: str,
+    method: str,
+    path: str,
+    route: str | None,
+    status: int,
+    duration: float,
+    timings: list[tuple[str, float, str]] | None,
+    trace_id: str | None,
+) -> bytes:
     """One JSON line. Formatted into a bytes template, with each string escaped by
     orjson, rather than built as a dict and dumped: this runs for every request, and the
     dict cost twice as much."""
-    wall, request_id, method, path, route, status, duration, timings, trace_id = entry
     upstreams = (
         b',"upstreams":['
         + b",".join(

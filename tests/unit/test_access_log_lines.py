@@ -10,17 +10,15 @@ from gateway.observability import _encode
 def test_awkward_strings_are_escaped_and_numbers_kept() -> None:
     path = '/v1/q"u\\o\nte/\u00e9\U0001f600'
     line = _encode(
-        (
-            1_764_547_200.1234,
-            "req-1",
-            "GET",
-            path,
-            None,
-            404,
-            0.0012345,
-            [('a"b', 0.0005, "timeout"), ("c", 0.25, "ok")],
-            None,
-        )
+        1_764_547_200.1234,
+        "req-1",
+        "GET",
+        path,
+        None,
+        404,
+        0.0012345,
+        [('a"b', 0.0005, "timeout"), ("c", 0.25, "ok")],
+        None,
     )
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1
@@ -42,6 +40,6 @@ def test_awkward_strings_are_escaped_and_numbers_kept() -> None:
 
 def test_the_trace_id_is_there_when_the_request_had_one() -> None:
     trace = "0af7651916cd43dd8448eb211c80319c"
-    record = orjson.loads(_encode((0.0, "r", "POST", "/", "x", 200, 0.0, None, trace)))
+    record = orjson.loads(_encode(0.0, "r", "POST", "/", "x", 200, 0.0, None, trace))
     assert record["trace_id"] == trace
     assert "upstreams" not in record
