@@ -41,14 +41,15 @@ async def until_stop_signal(work: Coroutine[Any, Any, None]) -> int:
 
 
 #: Container allocations between two young-generation collections (CPython's default
-#: is 700). A proxied request allocates hundreds of containers, all freed by reference
-#: counting; at 700 a young collection ran every request or two and rescanned the
-#: objects of every request in flight: on the proxy route that was 7 to 8 % of the
-#: gateway's core. Ten thousand keeps the young generation small enough to stay in
-#: cache (a hundred thousand measured slower again). The cost: cyclic garbage (an
-#: exception's traceback on an error path, say) waits up to 14 times as many
-#: allocations to be collected, with whatever it holds; the proxy's success path
-#: makes none (no RSS growth over 90,000 requests with the collector off).
+#: is 700). A proxied request frees what it allocates by reference counting, so young
+#: collections find nothing to collect, yet each rescans the objects of every request
+#: in flight: at 700, on the proxy route, that was 7 to 8 % of the gateway's core
+#: (throughput with the collector off against on). Ten thousand keeps the young
+#: generation small enough to stay in cache (a hundred thousand measured slower
+#: again). The cost: cyclic garbage (an exception's traceback on an error path, say)
+#: waits up to 14 times as many allocations to be collected, with whatever it holds;
+#: the proxy's success path makes none (no RSS growth over 90,000 requests with the
+#: collector off).
 YOUNG_GC_THRESHOLD = 10_000
 
 

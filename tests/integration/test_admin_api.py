@@ -89,6 +89,11 @@ def assert_problem(headers: dict[str, str], body: Any, status: int) -> None:
     assert body["detail"]
 
 
+def one_route(url: str) -> str:
+    """Routes: ``/a``, proxied to ``url``."""
+    return f"routes:\n  - path: /a\n    proxy: {{url: '{url}'}}\n"
+
+
 def concrete(path: str) -> str:
     return path.replace("{key_id}", "k0").replace("{client_id}", "c0")
 
@@ -100,7 +105,7 @@ async def test_the_document_describes_exactly_the_operations_the_app_registers(
         start_gateway,
         http,
         tmp_path,
-        f"routes:\n  - path: /a\n    proxy: {{url: '{upstream_url}'}}\n",
+        one_route(upstream_url),
     )
 
     async def metrics(request: web.Request) -> web.Response:
@@ -126,7 +131,7 @@ async def test_every_operation_needs_the_token_but_the_probes(
         start_gateway,
         http,
         tmp_path,
-        f"routes:\n  - path: /a\n    proxy: {{url: '{upstream_url}'}}\n",
+        one_route(upstream_url),
     )
     assert (tmp_path / "admin-token").stat().st_mode & 0o777 == 0o600
     operations = [
@@ -276,7 +281,7 @@ async def test_routes_show_the_compiled_chain_in_order(
 
 
 async def test_config_is_shown_with_credentials_masked(start_gateway, http, tmp_path) -> None:
-    routes = "routes:\n  - path: /a\n    proxy: {url: 'http://127.0.0.1:9'}\n"
+    routes = one_route("http://127.0.0.1:9")
     extra = f"""
     rate_limits:
       redis_url: redis://:{SECRET}@127.0.0.1:1/0
@@ -294,7 +299,7 @@ async def test_config_is_shown_with_credentials_masked(start_gateway, http, tmp_
 
 
 async def test_consumers_come_from_the_config_and_the_store(start_gateway, http, tmp_path) -> None:
-    routes = "routes:\n  - path: /a\n    proxy: {url: 'http://127.0.0.1:9'}\n"
+    routes = one_route("http://127.0.0.1:9")
     extra = """
     rate_limits:
       plans:
@@ -502,7 +507,7 @@ async def poll_status(http: aiohttp.ClientSession, url: str, wanted: int) -> int
 async def test_bad_input_is_a_problem(
     start_gateway, http, tmp_path, method, path, data, status, field
 ) -> None:
-    routes = "routes:\n  - path: /a\n    proxy: {url: 'http://127.0.0.1:9'}\n"
+    routes = one_route("http://127.0.0.1:9")
     admin = await start_admin(start_gateway, http, tmp_path, routes)
     got, headers, body = await admin.call(
         method, path, data=data, headers={"Content-Type": "application/json"}
@@ -513,7 +518,7 @@ async def test_bad_input_is_a_problem(
 
 
 async def test_created_credentials_and_purges(start_gateway, http, tmp_path) -> None:
-    routes = "routes:\n  - path: /a\n    proxy: {url: 'http://127.0.0.1:9'}\n"
+    routes = one_route("http://127.0.0.1:9")
     admin = await start_admin(start_gateway, http, tmp_path, routes)
     status, _, key = await admin.call(
         "POST",
@@ -592,7 +597,7 @@ async def test_readyz_is_503_while_the_gateway_drains_its_in_flight_requests(
 async def test_with_a_drain_delay_the_gateway_serves_on_while_not_ready(
     start_gateway, http, tmp_path, upstream_url
 ) -> None:
-    routes = f"routes:\n  - path: /a\n    proxy: {{url: '{upstream_url}'}}\n"
+    routes = one_route(upstream_url)
     gw = await start_gateway(routes, server="drain_delay: 1s", top=admin_top(tmp_path))
     admin = Admin(gw, http, (tmp_path / "admin-token").read_text().strip())
     stopping = asyncio.ensure_future(gw.gateway.stop())
@@ -623,7 +628,7 @@ async def test_an_unparseable_admin_request_is_a_problem_too(
         start_gateway,
         http,
         tmp_path,
-        f"routes:\n  - path: /a\n    proxy: {{url: '{upstream_url}'}}\n",
+        one_route(upstream_url),
     )
     port = admin.gw.gateway.admin_port
     assert port is not None

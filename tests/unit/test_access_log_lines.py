@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.observability import _encode
+from gateway.observability import access_line
 
 
 def test_awkward_strings_are_escaped_and_numbers_kept() -> None:
     path = '/v1/q"u\\o\nte/\u00e9\U0001f600'
-    line = _encode(
+    line = access_line(
         1_764_547_200.1234,
         "req-1",
         "GET",
@@ -40,6 +40,6 @@ def test_awkward_strings_are_escaped_and_numbers_kept() -> None:
 
 def test_the_trace_id_is_there_when_the_request_had_one() -> None:
     trace = "0af7651916cd43dd8448eb211c80319c"
-    record = orjson.loads(_encode(0.0, "r", "POST", "/", "x", 200, 0.0, None, trace))
+    record = orjson.loads(access_line(0.0, "r", "POST", "/", "x", 200, 0.0, None, trace))
     assert record["trace_id"] == trace
     assert "upstreams" not in record
