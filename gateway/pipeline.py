@@ -10,7 +10,7 @@ never per request.
 
 from __future__ import annotations
 
-import functools
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -34,8 +34,29 @@ class Policy(Protocol):
 def build_chain(policies: Sequence[Policy], terminal: Handler) -> Handler:
     handler = terminal
     for policy in reversed(policies):
-        handler = functools.partial(policy.handle, call_next=handler)
+        handler = _link(policy, handler)
     return handler
+
+
+#: Each link's policy and next handler, for ``unfold_chain``. Weak: a link goes with
+#: the runtime whose route held it.
+_LINKS: weakref.WeakKeyDictionary[Handler, tuple[Policy, Handler]] = weakref.WeakKeyDictionary()
+
+
+def _link(policy: Policy, call_next: Handler) -> Handler:
+    """``policy`` in front of ``call_next``, as one handler.
+
+    A closure rather than ``functools.partial(policy.handle, call_next=...)``: a
+    partial with a keyword copies its keyword dict on every call, and this runs once per
+    policy per request.
+    """
+    handle = policy.handle
+
+    def link(ctx: RequestContext) -> Awaitable[web.StreamResponse]:
+        return handle(ctx, call_next)
+
+    _LINKS[link] = (policy, call_next)
+    return link
 
 
 def unfold_chain(handler: Handler) -> tuple[list[object], Handler]:
@@ -45,10 +66,17 @@ def unfold_chain(handler: Handler) -> tuple[list[object], Handler]:
     requests meet, read from the chain itself rather than rebuilt from the config.
     """
     policies: list[object] = []
-    while isinstance(handler, functools.partial) and "call_next" in handler.keywords:
-        policies.append(getattr(handler.func, "__self__", handler.func))
-        handler = handler.keywords["call_next"]
+    while (found := _links_of(handler)) is not None:
+        policy, handler = found
+        policies.append(policy)
     return policies, handler
+
+
+def _links_of(handler: Handler) -> tuple[Policy, Handler] | None:
+    try:
+        return _LINKS.get(handler)
+    except TypeError:  # a terminal that takes no weak reference: not a link
+        return None
 
 
 @dataclass(frozen=True, slots=True)

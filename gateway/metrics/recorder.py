@@ -12,6 +12,7 @@ recorded together, once.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -59,11 +60,14 @@ class RouteMetrics:
 
     def record(self, status: int, seconds: float, ctx: RequestContext | None) -> None:
         """One answered request: ``seconds`` from arrival to the end of the response."""
+        # ``Histogram.observe`` written out here (twice): this runs for every request,
+        # and the method calls were a third of its cost.
         histogram = self.requests.get(status)
         if histogram is None:
             # A new label value; status codes are a bounded set.
             histogram = self.requests[status] = Histogram(SECONDS_BUCKETS)
-        histogram.observe(seconds)
+        histogram.counts[bisect_left(SECONDS_BUCKETS, seconds)] += 1
+        histogram.sum += seconds
         if ctx is None:
             return
         timings = ctx.timings
@@ -76,7 +80,8 @@ class RouteMetrics:
                 call = by_outcome.get(outcome)
                 if call is None:
                     call = by_outcome[outcome] = Histogram(SECONDS_BUCKETS)
-                call.observe(elapsed)
+                call.counts[bisect_left(SECONDS_BUCKETS, elapsed)] += 1
+                call.sum += elapsed
         # Read from the route, not fixed here: a reload may change a route's kind.
         if ctx.route.kind == "fanout":
             self._fanout(status, seconds, ctx)

@@ -30,7 +30,7 @@ def test_awkward_strings_are_escaped_and_numbers_kept() -> None:
         "path": path,
         "route": None,
         "status": 404,
-        "duration_ms": 1.234,
+        "duration_ms": 1.235,  # 1.2345 ms: thousandths, rounded half up
         "upstreams": [
             {"name": 'a"b', "duration_ms": 0.5, "outcome": "timeout"},
             {"name": "c", "duration_ms": 250.0, "outcome": "ok"},
