@@ -98,7 +98,8 @@ class Consumer:
     scopes: frozenset[str]
     #: ``api_key`` or ``jwt``.
     credential: str
-    #: The API key id, or the token's ``jti`` (never a secret).
+    #: The API key id, or the client a token was issued to (its ``client_id`` or
+    #: ``azp`` claim, else its subject). Never a secret.
     credential_id: str
     #: A JWT's verified claims (empty for API keys), for forwarding chosen ones upstream.
     claims: Mapping[str, Any] = field(default_factory=dict)

@@ -808,3 +808,37 @@ async def test_verified_token_is_cached_until_it_expires(start_remote, http) -> 
     # ...until it expires.
     env.advance(expires + LEEWAY - env.running.clock.wall())
     await refused(env, http, token, "expired")
+
+
+# -- rate limits per credential --------------------------------------------------------
+
+
+async def test_by_api_key_counts_a_tokens_client_not_the_token(starter, aiohttp_server, http):
+    upstream = await aiohttp_server(echo_app())
+    url = str(upstream.make_url("")).rstrip("/")
+    limit = {"by": "api_key", "plan": False, "limit": {"rate": "1/minute", "burst": 2}}
+    running = await starter.start(
+        auth={"issuers": static_issuers()},
+        routes=[proxy_route("/api/limited", url, auth=["jwt"], rate_limit=limit)],
+    )
+    env = Env(running, [])
+    route = f"{env.url}/api/limited"
+
+    def token(**claims: Any) -> str:
+        return keys().rsa.sign(env.claims(**claims))
+
+    async def statuses(*tokens: str) -> list[int]:
+        return [(await get(http, route, t)).status for t in tokens]
+
+    # A new token (a new jti) of the same client draws on the same budget...
+    app = {"sub": "alice", "client_id": "app-1"}
+    assert await statuses(token(**app), token(**app), token(**app)) == [200, 200, 429]
+    # ...while another client of the same consumer has its own, and so does one named
+    # by ``azp`` only.
+    assert await statuses(token(sub="alice", client_id="app-2")) == [200]
+    assert await statuses(token(sub="alice", azp="app-3")) == [200]
+    # Without a client claim or a jti, each subject still has a budget of its own.
+    bare = {"client_id": None, "jti": None}
+    assert await statuses(token(sub="bob", **bare), token(sub="bob", **bare)) == [200, 200]
+    assert await statuses(token(sub="carol", **bare)) == [200]
+    assert await statuses(token(sub="bob", **bare)) == [429]

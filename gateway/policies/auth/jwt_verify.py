@@ -169,6 +169,26 @@ def _consumer(claims: dict[str, Any], spec: IssuerSpec) -> Consumer:
         plan=plan if isinstance(plan, str) and plan else spec.default_plan,
         scopes=scopes,
         credential="jwt",
-        credential_id=str(claims.get("jti", "")),
+        credential_id=_client_of(claims, subject),
         claims=claims,
     )
+
+
+#: Where a token names the client it was issued to: RFC 9068's ``client_id`` (the
+#: gateway's own tokens carry it), then OpenID Connect's ``azp``.
+_CLIENT_CLAIMS = ("client_id", "azp")
+
+
+def _client_of(claims: dict[str, Any], subject: str) -> str:
+    """The credential a token stands for, which ``rate_limit: {by: api_key}`` counts:
+    the client it was issued to, else its subject.
+
+    Not the token's ``jti``: a client may fetch a new token whenever it likes, and
+    each would start a fresh budget; a token without one would share a budget with
+    every other such token.
+    """
+    for name in _CLIENT_CLAIMS:
+        value = claims.get(name)
+        if isinstance(value, str) and value and len(value) <= 256 and value.isprintable():
+            return value
+    return subject
