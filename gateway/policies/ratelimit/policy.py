@@ -88,7 +88,8 @@ class LimitSet:
 
     limits: tuple[Limit, ...]
     fallback: tuple[Limit, ...]
-    policy_header: str
+    #: ``RateLimit-Policy`` and its value, as the response's header list takes it.
+    policy_entry: tuple[istr, str]
     #: ``"name";r=`` per limit: the constant part of each ``RateLimit`` entry.
     state_prefixes: tuple[str, ...]
     #: The limit when the set is one rate limit (a plan without a quota, or only a
@@ -103,7 +104,7 @@ class LimitSet:
         )
         prefixes = tuple(f'"{limit.name}";r=' for limit in limits)
         single = limits[0] if len(limits) == 1 and limits[0].kind == "rate" else None
-        return cls(limits, scaled(limits, share), header, prefixes, single)
+        return cls(limits, scaled(limits, share), (POLICY_HEADER, header), prefixes, single)
 
     def state_header(self, decision: Decision) -> str:
         """``RateLimit``: what is left of each limit and when it is whole again."""
@@ -232,8 +233,12 @@ class RateLimitPolicy:
         )
         self._by = spec.by
         self._shadow = spec.shadow
+        #: Each subject's keys, made on its first request: by subject, or (``by: ip``,
+        #: where every subject is an address and the limits are the same for all) by
+        #: the bare address, which saves making the subject string per request.
         self._subject_keys: dict[str, _SubjectKeys] = {}
         self._header = spec.by[len("header:") :] if spec.by.startswith("header:") else None
+        self._find_keys = self._keys_by_ip if spec.by == "ip" else self._keys_by_subject
 
     def _count(self, outcome: str) -> None:
         counts = self._counts
@@ -263,9 +268,23 @@ class RateLimitPolicy:
                 return f"h:{self._header}:{value}", self._anonymous
         return "ip:" + (ctx.request.remote or "unknown"), self._anonymous
 
-    def _keys(self, subject: str, limit_set: LimitSet) -> _SubjectKeys:
-        """The subject's keys: one per limit, all under the subject's hash tag. (Made
-        once per subject and limit set: ``handle`` looks in ``_subject_keys`` first.)"""
+    def _keys_by_subject(self, ctx: RequestContext) -> _SubjectKeys:
+        subject, limit_set = self._subject(ctx)
+        found = self._subject_keys.get(subject)
+        if found is None or found.limit_set is not limit_set:
+            found = self._keys(subject, limit_set, subject)
+        return found
+
+    def _keys_by_ip(self, ctx: RequestContext) -> _SubjectKeys:
+        address = ctx.request.remote or "unknown"
+        found = self._subject_keys.get(address)
+        if found is None:
+            found = self._keys("ip:" + address, self._anonymous, address)
+        return found
+
+    def _keys(self, subject: str, limit_set: LimitSet, memo_key: str) -> _SubjectKeys:
+        """The subject's keys: one per limit, all under the subject's hash tag. Made
+        once per subject and limit set, and kept under ``memo_key``."""
         tag = "{rl:" + subject + "}"
         route_start = len(limit_set.limits) - self._own_count
         keys = tuple(
@@ -277,7 +296,7 @@ class RateLimitPolicy:
         found = _SubjectKeys(limit_set, keys, tag + self._route_prefix)
         if len(self._subject_keys) >= _MAX_SUBJECT_KEYS:
             self._subject_keys.clear()  # bounded: it only saves rebuilding strings
-        self._subject_keys[subject] = found
+        self._subject_keys[memo_key] = found
         return found
 
     def handle(self, ctx: RequestContext, call_next: Handler) -> Awaitable[web.StreamResponse]:
@@ -287,21 +306,19 @@ class RateLimitPolicy:
         the request's await chain gets no frame of this policy's (every resumption of
         the request walks that chain). Only a Redis decision makes a coroutine.
         """
-        subject, limit_set = self._subject(ctx)
+        subject_keys = self._find_keys(ctx)
+        limit_set = subject_keys.limit_set
         limits = limit_set.limits
         if not limits:
             return call_next(ctx)
         limiter = self._limiter
-        subject_keys = self._subject_keys.get(subject)
-        if subject_keys is None or subject_keys.limit_set is not limit_set:
-            subject_keys = self._keys(subject, limit_set)
         denied = limiter.denied_until.get(subject_keys.deny_key)
         if denied is not None and not self._shadow:
             wait = denied[0] - limiter.clock.monotonic()
             if wait > 0:
                 # Refused a moment ago and not allowed back yet: no need to ask the store.
                 self._count("refused_cached")
-                ctx.response_headers.append((POLICY_HEADER, limit_set.policy_header))
+                ctx.response_headers.append(limit_set.policy_entry)
                 ctx.response_headers.append((STATE_HEADER, denied[1]))
                 raise TooManyRequests(
                     "the rate limit is exceeded", headers={"Retry-After": _seconds(wait)}
@@ -323,7 +340,7 @@ class RateLimitPolicy:
             admitted, state = decision.admitted, limit_set.state_header(decision)
             retry = decision.retry_after
         headers = ctx.response_headers
-        headers.append((POLICY_HEADER, limit_set.policy_header))
+        headers.append(limit_set.policy_entry)
         headers.append((STATE_HEADER, state))
         if admitted:
             counts = self._counts
@@ -347,7 +364,7 @@ class RateLimitPolicy:
                 return await call_next(ctx)
         state = limit_set.state_header(decision)
         headers = ctx.response_headers
-        headers.append((POLICY_HEADER, limit_set.policy_header))
+        headers.append(limit_set.policy_entry)
         headers.append((STATE_HEADER, state))
         if decision.admitted:
             self._count("admitted")

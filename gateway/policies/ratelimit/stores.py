@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import math
 from collections import deque
 from collections.abc import Sequence
 from importlib import resources
@@ -86,14 +85,16 @@ class MemoryLimiterStore:
         interval = limit.interval
         new_tat = tat + cost * interval
         allow_at = new_tat - limit.burst_time
+        # ``int(x) if x > 0 else 0`` is ``max(0, math.floor(x))`` with no calls.
         if now < allow_at - EPSILON:
-            left = math.floor((now - (tat - limit.burst_time)) / interval + EPSILON)
-            return False, max(0, left), tat - now, allow_at - now
+            left = (now - (tat - limit.burst_time)) / interval + EPSILON
+            return False, int(left) if left > 0 else 0, tat - now, allow_at - now
         states[key] = (new_tat, new_tat)
         self._writes += 1
         if self._writes >= self._sweep_every:
             self._sweep(now)
-        return True, max(0, math.floor((now - allow_at) / interval + EPSILON)), new_tat - now, 0.0
+        left = (now - allow_at) / interval + EPSILON
+        return True, int(left) if left > 0 else 0, new_tat - now, 0.0
 
     def _sweep(self, now: float) -> None:
         self._writes = 0
