@@ -131,6 +131,7 @@ class Gateway:
         admin_key = admin_token(admin, self._loaded.base_dir) if admin.enabled else None
         await self._start_auth_if_needed(self._loaded)
         self.limiter = Limiter(self._loaded.config.rate_limits, self.clock)
+        await self.limiter.warm_up()
         cache_spec = self._loaded.config.cache
         self.cache = ResponseCache(
             ResponseStore(cache_spec.max_bytes, cache_spec.max_entry_size), self.clock

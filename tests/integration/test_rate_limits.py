@@ -8,11 +8,13 @@ tests use a private server of their own, so stopping it disturbs nobody.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import textwrap
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -575,6 +577,34 @@ async def test_redis_store_limits_over_http(
         assert await client.pttl("{rl:h:X-Tenant:t1}:burst") > 500_000
     finally:
         await client.aclose()
+
+
+async def test_the_redis_store_is_connected_with_its_script_loaded_at_start(
+    redis_gateway: Any, private_redis_server: RedisServer
+) -> None:
+    # A fresh server knows no script: after the start, before any request, it does.
+    await redis_gateway(private_redis_server.url)
+    script = resources.files("gateway.policies.ratelimit").joinpath("limiter.lua")
+    digest = hashlib.sha1(script.read_bytes(), usedforsecurity=False).hexdigest()
+    client = Redis.from_url(private_redis_server.url)
+    try:
+        assert await client.script_exists(digest) == [True]
+        assert len(await client.client_list()) == 2  # the gateway's and this one
+    finally:
+        await client.aclose()
+
+
+async def test_a_redis_store_down_at_start_is_logged_and_routes_follow_their_mode(
+    redis_gateway: Any,
+    private_redis_server: RedisServer,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await private_redis_server.astop()
+    gw = await redis_gateway(private_redis_server.url)
+    assert "rate-limit store not reachable at start" in caplog.text
+    status, headers, _ = await get(http, f"{gw.url}/open", {"X-Tenant": "t1"})
+    assert (status, headers["Gateway-RateLimit"]) == (200, "store-unavailable")
 
 
 async def raw_status(url: str, request: bytes) -> int:

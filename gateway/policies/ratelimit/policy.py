@@ -11,6 +11,7 @@ httpapi draft syntax) go on every response of a limited route.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from .arithmetic import Decision, Limit
 from .breaker import Breaker
 from .stores import LimiterStore, MemoryLimiterStore, RedisLimiterStore
 
+log = logging.getLogger("gateway.ratelimit")
+
 DEGRADED_HEADER = "Gateway-RateLimit"
 # Case-insensitive strings already: the response's header dict takes them as they are.
 POLICY_HEADER = istr("RateLimit-Policy")
@@ -39,6 +42,9 @@ _MAX_REMEMBERED_SUBJECTS = 100_000
 #: Per route: the subjects whose storage keys are kept made. Small, since a subject may
 #: come from a client's header: past it the memo starts again (keys are cheap to make).
 _MAX_SUBJECT_KEYS = 10_000
+
+#: How long the start waits for the Redis store's connection and script.
+_WARM_UP_S = 2.0
 
 _QUOTA_NAMES = {86400.0: "daily", 3600.0: "hourly", 60.0: "minutely", 604800.0: "weekly"}
 
@@ -186,6 +192,19 @@ class Limiter:
             raise
         self.breaker.succeeded()
         return decision
+
+    async def warm_up(self) -> None:
+        """Connect to the Redis store now, bounded: a store that is down at start is
+        logged and left to ``on_store_down`` and the breaker, like an outage later."""
+        store = self.store
+        if not isinstance(store, RedisLimiterStore):
+            return
+        try:
+            await store.warm_up(_WARM_UP_S)
+        except StoreError as exc:
+            log.warning(
+                "rate-limit store not reachable at start (%s); routes follow on_store_down", exc
+            )
 
     async def close(self) -> None:
         await self.store.close()

@@ -164,6 +164,21 @@ class RedisLimiterStore:
         )
         return cls(client, timeout)
 
+    async def warm_up(self, within: float) -> None:
+        """Connect and load the script before the first request needs them.
+
+        Otherwise the first decisions pay for the connection and a ``NOSCRIPT`` retry
+        inside their ``timeout`` slice, and on a slow start they fall to the route's
+        ``on_store_down``. Raises ``StoreError`` when Redis cannot be reached in time.
+        """
+        try:
+            async with asyncio.timeout(within):
+                if self._redis.connection is None:
+                    await self._redis.initialize()
+                await self._redis.script_load(_SCRIPT)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: {exc or 'no answer in time'}") from exc
+
     async def decide(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
