@@ -84,6 +84,9 @@ class AccessLog:
 
     def __init__(self, stream: IO[bytes] | None, flush_interval: float = 0.1) -> None:
         self._stream = stream
+        #: Whether lines are written: an attribute, not a property, since every
+        #: request reads it.
+        self.enabled = stream is not None
         self._interval = flush_interval
         self._pending = bytearray()
         self._timer: asyncio.TimerHandle | None = None
@@ -100,10 +103,6 @@ class AccessLog:
         if target == "stdout":
             return cls(sys.stdout.buffer)
         return cls(open(target, "ab"))  # closed by close()
-
-    @property
-    def enabled(self) -> bool:
-        return self._stream is not None
 
     def record(self, line: bytes) -> None:
         """Queue one line (``access_line``); written within ``flush_interval``."""

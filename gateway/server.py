@@ -373,8 +373,9 @@ class Gateway:
         if recorder is None and not access_log.enabled:
             return response
         elapsed = clock.monotonic() - started
+        status = response.status
         if recorder is not None:
-            recorder.record(response.status, elapsed, ctx)
+            recorder.record(status, elapsed, ctx)
         if access_log.enabled:
             access_log.record(
                 access_line(
@@ -383,7 +384,7 @@ class Gateway:
                     request.method,
                     path,
                     route_name,
-                    response.status,
+                    status,
                     elapsed,
                     ctx.timings if ctx is not None else None,
                     trace.trace_id if trace is not None else None,
