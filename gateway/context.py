@@ -139,8 +139,12 @@ class RequestContext:
     #: The request body when a policy had to read it whole (validation); the terminal
     #: sends these bytes instead of streaming the client's body.
     body: bytes | None = None
-    #: Headers policies add to the response (rate-limit state), set before it starts.
+    #: Headers policies set on the response (rate-limit state), before it starts: each
+    #: replaces a header of that name from the upstream.
     response_headers: list[tuple[str, str]] = field(default_factory=list)
+    #: Headers policies add to the response beside the upstream's of the same name
+    #: (a version's deprecation ``Link`` next to the upstream's pagination links).
+    added_response_headers: list[tuple[str, str]] = field(default_factory=list)
     #: The request's W3C trace; None when tracing is off. Each upstream call sends
     #: ``trace.child()``.
     trace: TraceContext | None = None

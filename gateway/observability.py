@@ -194,5 +194,9 @@ def stamp_response(ctx: RequestContext, response: web.StreamResponse) -> None:
         headers["Server"] = SERVER_NAME
     total = ctx.deadline.clock.monotonic() - ctx.started
     headers["Server-Timing"] = server_timing(ctx, total)
-    for name, value in ctx.response_headers:
-        headers[name] = value
+    # One C call each, not a loop of assignments. ``update`` replaces the upstream's
+    # headers of those names; several entries of one name would all be kept.
+    if ctx.response_headers:
+        headers.update(ctx.response_headers)
+    if ctx.added_response_headers:
+        headers.extend(ctx.added_response_headers)

@@ -39,7 +39,7 @@ def _epoch(day: datetime.date) -> int:
 class VersionPolicy:
     """Adds a version's lifecycle headers; refuses it (410) after its sunset if asked."""
 
-    __slots__ = ("_clock", "_gone_at", "_headers")
+    __slots__ = ("_clock", "_gone_at", "_headers", "_links")
 
     def __init__(self, spec: VersionSpec, clock: Clock) -> None:
         self._clock = clock
@@ -48,15 +48,18 @@ class VersionPolicy:
             headers.append(("Deprecation", f"@{_epoch(spec.deprecated)}"))
         if spec.sunset is not None:
             headers.append(("Sunset", formatdate(_epoch(spec.sunset), usegmt=True)))
-        if spec.link is not None:
-            headers.append(("Link", f'<{spec.link}>; rel="deprecation"'))
         self._headers = tuple(headers)
+        # Added, not set: the upstream's own links (pagination) stay.
+        self._links = (
+            (("Link", f'<{spec.link}>; rel="deprecation"'),) if spec.link is not None else ()
+        )
         self._gone_at = (
             _epoch(spec.sunset) if spec.sunset is not None and spec.gone_after_sunset else None
         )
 
     async def handle(self, ctx: RequestContext, call_next: Handler) -> web.StreamResponse:
         ctx.response_headers.extend(self._headers)
+        ctx.added_response_headers.extend(self._links)
         if self._gone_at is not None and self._clock.wall() >= self._gone_at:
             raise Gone("this API version has reached its sunset and is no longer served")
         return await call_next(ctx)

@@ -123,3 +123,24 @@ def test_unknown_api_or_version_is_a_config_error(tmp_path) -> None:
         load_config(main)
     assert [issue.key_path for issue in caught.value.issues] == ["routes[1].version"]
     assert "no version '3'" in caught.value.issues[0].message
+
+
+async def test_the_deprecation_link_is_added_beside_the_upstreams_links(
+    start_gateway, aiohttp_server, http
+) -> None:
+    async def paged(request: web.Request) -> web.Response:
+        return web.json_response([], headers={"Link": '</one?page=2>; rel="next"'})
+
+    app = web.Application()
+    app.router.add_get("/one", paged)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("")).rstrip("/")
+    routes, top = config(url, "uri")
+    gw = await start_gateway(routes, top=top, clock=ManualClock(wall=DEPRECATED + 10))
+    async with http.get(f"{gw.url}/v1/orders") as response:
+        assert response.status == 200
+        assert response.headers.getall("Link") == [
+            '</one?page=2>; rel="next"',
+            '<https://docs.example/v1>; rel="deprecation"',
+        ]
+        assert response.headers["Deprecation"] == f"@{DEPRECATED}"
