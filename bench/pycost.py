@@ -104,16 +104,26 @@ async def count_variant(
         for _ in range(50):  # warm-up: caches, memos, the upstream connection
             assert await _get(reader, writer, "/users/42") == 200
         counter = InstructionCounter()
+        previous = sys.gettrace()  # a coverage tool's, say: put back afterwards
         sys.settrace(counter.tracer)
         try:
             for _ in range(requests):
                 await _get(reader, writer, "/users/42")
         finally:
-            sys.settrace(None)
+            sys.settrace(previous)
         writer.close()
         return counter.count / requests
     finally:
         await gateway.stop()
+
+
+def measure(only: list[str], requests: int) -> dict[str, float]:
+    """Instructions per request of each variant in ``only``, on uvloop."""
+    # The event loop the gateway runs on (``gateway run``): uvloop's is C, so its work
+    # is not counted; asyncio's own loop would add its Python to every request, a
+    # varying amount (how many loop passes a request takes depends on timing).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_main(only, requests))
 
 
 async def _main(only: list[str], requests: int) -> dict[str, float]:
@@ -146,10 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [key for key in only if key not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants: {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
-    # The event loop the gateway runs on (``gateway run``): uvloop's is C, so its work
-    # is not counted; asyncio's own loop would add its Python to every request.
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        counts = runner.run(_main(only, args.requests))
+    counts = measure(only, args.requests)
     print("Python instructions per request (sys.settrace opcode events; C work not counted)")
     for key, value in counts.items():
         print(f"  {key}  {VARIANTS[key][0]:28s} {value:8.0f}")

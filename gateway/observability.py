@@ -165,14 +165,15 @@ def access_line(
     line: dict[str, object] = {
         "ts": int(wall * 1000.0 + 0.5) / 1000.0,
         "request_id": request_id,
+        "trace_id": trace_id,
         "method": method,
         "path": path,
         "route": route,
         "status": status,
         "duration_ms": int(duration * 1e6 + 0.5) / 1000.0,
     }
-    if trace_id is not None:
-        line["trace_id"] = trace_id
+    if trace_id is None:
+        del line["trace_id"]  # keeps the other keys' order, unlike adding it later
     if timings:
         line["upstreams"] = [
             {"name": name, "duration_ms": int(seconds * 1e6 + 0.5) / 1000.0, "outcome": outcome}

@@ -833,10 +833,12 @@ async def test_by_api_key_counts_a_tokens_client_not_the_token(starter, aiohttp_
     # A new token (a new jti) of the same client draws on the same budget...
     app = {"sub": "alice", "client_id": "app-1"}
     assert await statuses(token(**app), token(**app), token(**app)) == [200, 200, 429]
-    # ...while another client of the same consumer has its own, and so does one named
-    # by ``azp`` only.
+    # ...while another client of the same consumer has its own, and so do one named
+    # by ``azp`` only and a client of the same name at another issuer.
     assert await statuses(token(sub="alice", client_id="app-2")) == [200]
     assert await statuses(token(sub="alice", azp="app-3")) == [200]
+    elsewhere = keys().ec.sign(env.claims(iss=ISS_JWK, **app))
+    assert await statuses(elsewhere) == [200]
     # Without a client claim or a jti, each subject still has a budget of its own.
     bare = {"client_id": None, "jti": None}
     assert await statuses(token(sub="bob", **bare), token(sub="bob", **bare)) == [200, 200]

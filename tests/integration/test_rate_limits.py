@@ -538,6 +538,13 @@ routes:
   - path: /fallback
     proxy: {{url: '{url}'}}
     rate_limit: {{by: 'header:X-Tenant', on_store_down: local_fallback, local_share: 0.5}}
+  - path: /shadow-fallback
+    proxy: {{url: '{url}'}}
+    rate_limit:
+      by: 'header:X-Tenant'
+      on_store_down: local_fallback
+      local_share: 0.5
+      shadow: true
 """
 
 
@@ -603,8 +610,12 @@ async def test_a_redis_store_down_at_start_is_logged_and_routes_follow_their_mod
     await private_redis_server.astop()
     gw = await redis_gateway(private_redis_server.url)
     assert "rate-limit store not reachable at start" in caplog.text
+    # Counted, and the breaker open already: no request waits for a timeout.
+    limiter = limiter_of(gw)
+    assert (limiter.store_errors, limiter.breaker.state) == (1, "open")
     status, headers, _ = await get(http, f"{gw.url}/open", {"X-Tenant": "t1"})
     assert (status, headers["Gateway-RateLimit"]) == (200, "store-unavailable")
+    assert limiter.store_errors == 1  # the request did not try Redis
 
 
 async def raw_status(url: str, request: bytes) -> int:
@@ -684,6 +695,19 @@ async def test_redis_down_local_fallback_applies_its_share(
     assert await statuses(http, f"{gw.url}/fallback", 6, {"X-Tenant": "t2"}) == [200] * 5 + [429]
 
 
+async def test_a_shadow_refusal_on_the_local_fallback_shows_both_in_one_field(
+    redis_gateway: Any, private_redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    gw = await redis_gateway(private_redis_server.url, ManualClock())
+    await private_redis_server.astop()
+    url = f"{gw.url}/shadow-fallback"
+    replies = [await get(http, url, {"X-Tenant": "t1"}) for _ in range(6)]
+    assert [status for status, _, _ in replies] == [200] * 6  # shadow: never refused
+    assert [h.getall("Gateway-RateLimit") for _, h, _ in replies] == [["local-fallback"]] * 5 + [
+        ["local-fallback, shadow;would-refuse"]
+    ]
+
+
 async def black_hole() -> tuple[asyncio.Server, list[int]]:
     """A TCP server that accepts and never answers: a Redis that hangs."""
     accepted = [0]
@@ -723,6 +747,10 @@ async def test_no_request_waits_beyond_the_redis_slice(
     try:
         gw = await redis_gateway(url, ManualClock())
         limiter = limiter_of(gw)
+        # The start found Redis down and opened the breaker; here the outage is to
+        # begin with the breaker closed, as when Redis fails under a running gateway.
+        assert limiter.breaker.state == "open"
+        limiter.breaker.succeeded()
         calls = count_calls(limiter.store)
         tenant = {"X-Tenant": "t1"}
         waits = [await timed(http, f"{gw.url}/open", tenant) for _ in range(30)]

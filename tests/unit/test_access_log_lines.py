@@ -43,3 +43,5 @@ def test_the_trace_id_is_there_when_the_request_had_one() -> None:
     record = orjson.loads(access_line(0.0, "r", "POST", "/", "x", 200, 0.0, None, trace))
     assert record["trace_id"] == trace
     assert "upstreams" not in record
+    # Next to the request id, where a reader of the raw line looks for it.
+    assert list(record)[:3] == ["ts", "request_id", "trace_id"]

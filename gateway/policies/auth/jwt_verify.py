@@ -169,7 +169,7 @@ def _consumer(claims: dict[str, Any], spec: IssuerSpec) -> Consumer:
         plan=plan if isinstance(plan, str) and plan else spec.default_plan,
         scopes=scopes,
         credential="jwt",
-        credential_id=_client_of(claims, subject),
+        credential_id=f"{_client_of(claims, subject)}@{spec.issuer}",
         claims=claims,
     )
 
@@ -180,8 +180,9 @@ _CLIENT_CLAIMS = ("client_id", "azp")
 
 
 def _client_of(claims: dict[str, Any], subject: str) -> str:
-    """The credential a token stands for, which ``rate_limit: {by: api_key}`` counts:
-    the client it was issued to, else its subject.
+    """The client a token was issued to, else its subject (the ``consumer_claim``). With
+    the issuer, the credential a token stands for, which ``rate_limit: {by: api_key}``
+    counts: two issuers' clients of one name are two credentials.
 
     Not the token's ``jti``: a client may fetch a new token whenever it likes, and
     each would start a fresh budget; a token without one would share a budget with

@@ -48,6 +48,13 @@ class Breaker:
         """The call was cancelled before it could tell: let another request probe."""
         self._probing = False
 
+    def trip(self) -> None:
+        """Open now, as after ``failures`` in a row: the store is known to be down."""
+        self._probing = False
+        self._failures = 0
+        self.state = "open"
+        self._opened_at = self._clock.monotonic()
+
     def failed(self) -> None:
         self._probing = False
         self._failures += 1

@@ -202,6 +202,10 @@ class Limiter:
         try:
             await store.warm_up(_WARM_UP_S)
         except StoreError as exc:
+            # An outage from the first request: the breaker is open (no request waits
+            # for a timeout), and it probes again after ``open_for``.
+            self.store_errors += 1
+            self.breaker.trip()
             log.warning(
                 "rate-limit store not reachable at start (%s); routes follow on_store_down", exc
             )
@@ -257,7 +261,10 @@ class RateLimitPolicy:
         #: the bare address, which saves making the subject string per request.
         self._subject_keys: dict[str, _SubjectKeys] = {}
         self._header = spec.by[len("header:") :] if spec.by.startswith("header:") else None
-        self._find_keys = self._keys_by_ip if spec.by == "ip" else self._keys_by_subject
+        # A flag, not a bound method kept on self: that would be a reference cycle,
+        # and the collector is frozen after start (serve.tune_collector), so a policy
+        # replaced by a reload would never be freed.
+        self._by_ip = spec.by == "ip"
 
     def _count(self, outcome: str) -> None:
         counts = self._counts
@@ -280,7 +287,9 @@ class RateLimitPolicy:
         if by == "consumer" and consumer is not None:
             return "c:" + consumer.id, self._limits_for(consumer.id, consumer.plan)
         if by == "api_key" and consumer is not None:
-            return "k:" + consumer.credential_id, self._limits_for(consumer.id, consumer.plan)
+            # API keys and tokens in key spaces of their own: an id may not tell them apart.
+            kind = "k:" if consumer.credential == "api_key" else "j:"
+            return kind + consumer.credential_id, self._limits_for(consumer.id, consumer.plan)
         if self._header is not None:
             value = ctx.request.headers.get(self._header)
             if value is not None:
@@ -325,7 +334,7 @@ class RateLimitPolicy:
         the request's await chain gets no frame of this policy's (every resumption of
         the request walks that chain). Only a Redis decision makes a coroutine.
         """
-        subject_keys = self._find_keys(ctx)
+        subject_keys = self._keys_by_ip(ctx) if self._by_ip else self._keys_by_subject(ctx)
         limit_set = subject_keys.limit_set
         limits = limit_set.limits
         if not limits:
@@ -401,7 +410,7 @@ class RateLimitPolicy:
         """A refusal: 429 and remembered until ``retry``, or in shadow mode only marked."""
         if self._shadow:
             self._count("shadow_refused")
-            ctx.response_headers.append((DEGRADED_HEADER, "shadow;would-refuse"))
+            _mark(ctx, "shadow;would-refuse")
             return call_next(ctx)
         self._count("refused")
         limiter = self._limiter
@@ -424,11 +433,22 @@ class RateLimitPolicy:
             )
         if mode == "local_fallback":
             self._count("local_fallback")
-            ctx.response_headers.append((DEGRADED_HEADER, "local-fallback"))
+            _mark(ctx, "local-fallback")
             return limiter.local.decide_now(keys, limit_set.fallback, self._cost)
         self._count("store_down_admitted")
-        ctx.response_headers.append((DEGRADED_HEADER, "store-unavailable"))
+        _mark(ctx, "store-unavailable")
         return None
+
+
+def _mark(ctx: RequestContext, marker: str) -> None:
+    """Add ``marker`` to the response's one ``Gateway-RateLimit`` field (a shadow
+    refusal on the local fallback carries both: ``local-fallback, shadow;would-refuse``)."""
+    headers = ctx.response_headers
+    for index, (name, value) in enumerate(headers):
+        if name == DEGRADED_HEADER:
+            headers[index] = (name, f"{value}, {marker}")
+            return
+    headers.append((DEGRADED_HEADER, marker))
 
 
 def _whole(reset: float) -> int:

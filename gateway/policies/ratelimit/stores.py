@@ -177,7 +177,7 @@ class RedisLimiterStore:
                     await self._redis.initialize()
                 await self._redis.script_load(_SCRIPT)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreError(f"redis: {exc or 'no answer in time'}") from exc
+            raise StoreError(f"redis: {str(exc) or 'no answer in time'}") from exc
 
     async def decide(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
         loop = asyncio.get_running_loop()
