@@ -11,11 +11,13 @@ any machine, so a change to the request path shows as a number before and after.
 It counts Python only: C work (parsing, orjson, multidict, the event loop, syscalls)
 is not in it, so it ranks Python-side changes and is not a time.
 
-    .venv/bin/python -m bench.pycost            # d, i, q, r: 200 requests each
+    .venv/bin/python -m bench.pycost            # d, i, q, r, j: 200 requests each
     .venv/bin/python -m bench.pycost --only d,i --requests 500
 
-The gateway runs in this process, the sample ``users`` service in a subprocess, and
-the client is a few lines of asyncio streams whose own frames are left out of the count.
+The gateway runs in this process, the sample ``users`` service (and j's private
+redis-server) in a subprocess, and the client is a few lines of asyncio streams whose
+own frames are left out of the count. j's requests come one at a time, so each Redis
+decision is a batch of one: under load, batches share a round trip and its Python.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import uvloop
 
 from bench.configs import proxy_gateway_config, services_command
 from bench.processes import PortPicker, Processes, wait_ready
+from bench.redis_store import redis_command
 from bench.variants import HOST
 from gateway.config.loader import load_config
 from gateway.server import Gateway
@@ -43,9 +46,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "i": ("+ rate limit (memory)", {"rate_limits": {"store": "memory"}}),
     "q": ("observability off", {"observability": False}),
     "r": ("+ metrics, tracing, log", {"observability": True, "access_log": "file"}),
+    # The Redis URL is filled in with a private redis-server's port.
+    "j": ("+ rate limit (Redis)", {"rate_limits": {"store": "redis", "redis_timeout": "50ms"}}),
 }
 #: Each pair: the figure added by the first over the second.
-PAIRS = (("i", "d"), ("r", "q"))
+PAIRS = (("i", "d"), ("j", "d"), ("r", "q"))
 
 #: Frames of the client (this module, asyncio streams) are not the gateway's work.
 _CLIENT_FILES = (__file__, "asyncio/streams.py")
@@ -139,8 +144,15 @@ async def _main(only: list[str], requests: int) -> dict[str, float]:
             for key in only:
                 folder = workdir / key
                 folder.mkdir()
+                options = VARIANTS[key][1]
+                if key == "j":
+                    redis_port = ports()
+                    redis = processes.start("redis", redis_command(folder, redis_port))
+                    wait_ready(redis, redis_port)
+                    limits = {**options["rate_limits"], "redis_url": f"redis://{HOST}:{redis_port}"}
+                    options = {**options, "rate_limits": limits}
                 counts[key] = await count_variant(
-                    folder, f"http://{HOST}:{port}", VARIANTS[key][1], requests
+                    folder, f"http://{HOST}:{port}", options, requests
                 )
             return counts
         finally:

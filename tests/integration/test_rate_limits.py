@@ -120,18 +120,18 @@ def count_calls(owner: Any) -> list[int]:
     """Wrap the store's decision method with a counter that calls through; the box.
 
     The memory store is asked through ``decide_now`` or, for one rate limit,
-    ``decide_rate_now`` (it never waits), Redis through ``decide``.
+    ``decide_rate_now`` (it never waits), Redis through ``decide_command``.
     """
     if hasattr(owner, "decide_now"):
         return count_calls_of(owner, "decide_now", "decide_rate_now")
     calls = [0]
-    original = owner.decide
+    original = owner.decide_command
 
     async def counting(*args: Any, **kwargs: Any) -> Decision:
         calls[0] += 1
         return await original(*args, **kwargs)  # type: ignore[no-any-return]
 
-    owner.decide = counting
+    owner.decide_command = counting
     return calls
 
 
@@ -811,13 +811,16 @@ class FlakyStore:
         self.mode = "fail"
         self.calls = 0
 
-    async def decide(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
+    def command(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> bytes:
+        return b"decide"
+
+    async def decide_command(self, command: bytes, count: int) -> Decision:
         self.calls += 1
         if self.mode == "fail":
             raise StoreError("down")
         if self.mode == "hang":
             await asyncio.Event().wait()
-        return Decision(True, tuple(Outcome(True, 1, 1.0, 0.0) for _ in limits))
+        return Decision(True, tuple(Outcome(True, 1, 1.0, 0.0) for _ in range(count)))
 
     async def close(self) -> None:
         pass
@@ -838,7 +841,7 @@ async def test_a_cancelled_probe_does_not_wedge_the_breaker() -> None:
     clock = ManualClock()
     limiter = Limiter(spec, clock)
     store = FlakyStore()
-    limiter.store = store
+    limiter.redis = store  # type: ignore[assignment]  # the breaker's calls, scripted
     limits = (Limit("burst", "rate", 1.0, 5, 0.0),)
     try:
         assert await limiter.decide(["k"], limits, 1) is None

@@ -133,6 +133,8 @@ class _SubjectKeys:
     keys: tuple[str, ...]
     #: The key of the local "refused until" memo (per subject and route).
     deny_key: str
+    #: With the Redis store: the decision's command, encoded once (None in memory).
+    command: bytes | None
 
 
 class Limiter:
@@ -142,12 +144,14 @@ class Limiter:
         self.spec = spec
         self.clock = clock
         self.local = MemoryLimiterStore(clock)
-        self.store: LimiterStore = (
+        #: The Redis store, when that is the store.
+        self.redis = (
             RedisLimiterStore.from_url(spec.redis_url, spec.redis_timeout)
             if spec.store == "redis"
-            else self.local
+            else None
         )
-        self.remote = spec.store == "redis"
+        self.store: LimiterStore = self.redis if self.redis is not None else self.local
+        self.remote = self.redis is not None
         self.breaker = Breaker(clock, spec.breaker.failures, spec.breaker.open_for)
         #: Subjects refused recently: (until, the RateLimit header of that refusal).
         self.denied_until: dict[str, tuple[float, str]] = {}
@@ -175,12 +179,19 @@ class Limiter:
     ) -> Decision | None:
         """The remote store's decision, or None when it cannot answer in time. (The
         memory store is asked directly: ``local.decide_now``.)"""
+        assert self.redis is not None, "only the Redis store is asked through the breaker"
+        return await self.decide_command(self.redis.command(keys, limits, cost), len(limits))
+
+    async def decide_command(self, command: bytes, count: int) -> Decision | None:
+        """``decide`` with the store's command already made (``RedisLimiterStore.command``)."""
+        redis = self.redis
+        assert redis is not None, "only the Redis store is asked through the breaker"
         if not self.breaker.allow():
             return None
         try:
             # The store bounds each decision by ``redis_timeout`` itself (one timer per
             # batch of decisions rather than one per request).
-            decision = await self.store.decide(keys, limits, cost)
+            decision = await redis.decide_command(command, count)
         except StoreError:
             self.store_errors += 1
             self.breaker.failed()
@@ -196,11 +207,10 @@ class Limiter:
     async def warm_up(self) -> None:
         """Connect to the Redis store now, bounded: a store that is down at start is
         logged and left to ``on_store_down`` and the breaker, like an outage later."""
-        store = self.store
-        if not isinstance(store, RedisLimiterStore):
+        if self.redis is None:
             return
         try:
-            await store.warm_up(_WARM_UP_S)
+            await self.redis.warm_up(_WARM_UP_S)
         except StoreError as exc:
             # An outage from the first request: the breaker is open (no request waits
             # for a timeout), and it probes again after ``open_for``.
@@ -321,7 +331,9 @@ class RateLimitPolicy:
         )
         # Per subject and route: a refusal depends on the route's own limits and cost,
         # so it must not refuse the subject's requests on other routes.
-        found = _SubjectKeys(limit_set, keys, tag + self._route_prefix)
+        redis = self._limiter.redis
+        command = redis.command(keys, limit_set.limits, self._cost) if redis is not None else None
+        found = _SubjectKeys(limit_set, keys, tag + self._route_prefix, command)
         if len(self._subject_keys) >= _MAX_SUBJECT_KEYS:
             self._subject_keys.clear()  # bounded: it only saves rebuilding strings
         self._subject_keys[memo_key] = found
@@ -383,8 +395,10 @@ class RateLimitPolicy:
         limiter = self._limiter
         limit_set = subject_keys.limit_set
         keys = subject_keys.keys
+        command = subject_keys.command
+        assert command is not None  # made with the keys when the store is Redis
         now = limiter.clock.monotonic()
-        decision = await limiter.decide(keys, limit_set.limits, self._cost)
+        decision = await limiter.decide_command(command, len(limit_set.limits))
         ctx.policy_timings.append(("ratelimit", limiter.clock.monotonic() - now))
         if decision is None:
             decision = self._store_down(ctx, keys, limit_set)
@@ -395,7 +409,8 @@ class RateLimitPolicy:
         headers.append(limit_set.policy_entry)
         headers.append((STATE_HEADER, state))
         if decision.admitted:
-            self._count("admitted")
+            counts = self._counts
+            counts["admitted"] = counts.get("admitted", 0) + 1
             return await call_next(ctx)
         return await self._refused(ctx, call_next, subject_keys, state, decision.retry_after)
 

@@ -180,16 +180,22 @@ class RedisLimiterStore:
             raise StoreError(f"redis: {str(exc) or 'no answer in time'}") from exc
 
     async def decide(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
+        return await self.decide_command(self.command(keys, limits, cost), len(limits))
+
+    async def decide_command(self, command: bytes, count: int) -> Decision:
+        """``decide`` with the command already made (``command``): the policy makes one
+        per subject and reuses it, since keys, limits and cost are the same each time.
+        ``count`` is the number of limits in it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
-        entry = (self._command(keys, limits, cost), loop.time() + self._timeout, future)
+        entry = (command, loop.time() + self._timeout, future)
         self._queue.append(entry)
         self._waiting.append(entry)
         if self._reaper is None:
             self._reaper = loop.call_at(entry[1], self._reap)
         if self._flushing is None:
             self._flushing = loop.create_task(self._flush())
-        return _decision(await future, len(limits))
+        return _decision(await future, count)
 
     def _reap(self) -> None:
         """Fail the decisions whose time is up; wake again for the next one's."""
@@ -203,7 +209,7 @@ class RedisLimiterStore:
             asyncio.get_running_loop().call_at(waiting[0][1], self._reap) if waiting else None
         )
 
-    def _command(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> bytes:
+    def command(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> bytes:
         """``EVALSHA sha n key... cost limit-args...`` in RESP, encoded."""
         encoded = self._encoded_limits.get(id(limits))
         if encoded is None or encoded[0] is not limits:
