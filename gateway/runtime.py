@@ -49,14 +49,12 @@ class Runtime:
     tracing: bool = True
     #: Where requests no route matched are recorded; None when metrics are off.
     unrouted: RouteMetrics | None = None
-    #: Every route requests reach, by the name they are recorded under, in config order
-    #: (a header-versioned API is its dispatcher): budgets and kinds for the metrics and
-    #: the dashboard.
+    #: Every route requests are recorded under, by name, in config order: budgets and
+    #: kinds for the metrics and the dashboard. A header- or media-type-versioned API
+    #: has its versions' routes (a request is recorded under the version it was
+    #: answered by) and its dispatcher (the requests refused before a version was
+    #: chosen: no version given and no default, or one nobody serves).
     routed: dict[str, CompiledRoute] = field(default_factory=dict)
-    #: A header- or media-type-versioned dispatcher's name -> its versions' route names:
-    #: its requests are recorded under the dispatcher's name, but its versions' cache
-    #: and rate-limit policies count under their own.
-    versions: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: Requests currently being answered on this Runtime; it is retired at zero.
     in_flight: int = 0
 
@@ -86,23 +84,19 @@ async def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
         # Header and media-type versions share a path: one dispatcher per (path, method)
         # picks the version's route; URI versions are ordinary routes.
         versioned: dict[tuple[str, str], tuple[str, dict[str, CompiledRoute]]] = {}
-        versions: dict[str, tuple[str, ...]] = {}
         for spec in config.routes:
-            route = builder.compile(spec)
+            route = builder.instrument(builder.compile(spec))
+            routes.append(route)
             api = config.apis.get(spec.api) if spec.api is not None else None
             if api is not None and api.strategy != "uri" and spec.version is not None:
-                routes.append(route)
                 for method in spec.methods:
                     entry = versioned.setdefault((spec.path, method), (spec.api or "", {}))
                     entry[1][spec.version] = route
                 continue
-            route = builder.instrument(route)
-            routes.append(route)
             router.add(compile_template(spec.path), spec.methods, route)
         for (path, method), (api_name, by_version) in versioned.items():
             sample = next(iter(by_version.values()))
             name = f"{api_name}:{'|'.join(r.name for r in by_version.values())}"
-            versions[name] = tuple(r.name for r in by_version.values())
             dispatch = VersionDispatch(config.apis[api_name], by_version)
             router.add(
                 compile_template(path),
@@ -135,7 +129,6 @@ async def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
         tracing=config.tracing.enabled,
         unrouted=builder.recorders.route(NO_ROUTE) if builder.recorders is not None else None,
         routed=builder.routed,
-        versions=versions,
     )
 
 

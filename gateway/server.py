@@ -374,6 +374,10 @@ class Gateway:
             return response
         elapsed = clock.monotonic() - started
         status = response.status
+        if ctx is not None:
+            # The route that answered: a versioned API's dispatcher hands the request
+            # to its version's route, which records it.
+            recorder = ctx.route.metrics
         if recorder is not None:
             recorder.record(status, elapsed, ctx)
         if access_log.enabled:

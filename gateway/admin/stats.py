@@ -41,12 +41,10 @@ def stats(view: Gateway) -> Json:
     cache = view.cache.by_route if view.cache is not None else {}
     limits = view.limiter.by_route if view.limiter is not None else {}
     routes = []
-    # The names requests are recorded under, in config order: a header-versioned API
-    # is one entry (its dispatcher), the built-in OAuth routes come last.
+    # The names requests are recorded under, in config order (a header-versioned API's
+    # versions, then its dispatcher); the built-in OAuth routes come last.
     for name, route in runtime.routed.items():
         recorder = recorders.get(name, _EMPTY)
-        # Cache and rate-limit counts are kept per route, so per version.
-        counted_as = runtime.versions.get(name, (name,))
         routes.append(
             {
                 "name": name,
@@ -58,8 +56,8 @@ def stats(view: Gateway) -> Json:
                     _backend(backend, by_outcome)
                     for backend, by_outcome in sorted(recorder.upstream.items())
                 ],
-                "cache": _counts((cache.get(n, {}) for n in counted_as), CACHE_RESULTS),
-                "rate_limit": _counts((limits.get(n, {}) for n in counted_as), RATE_LIMIT_OUTCOMES),
+                "cache": _counts(cache.get(name, {}), CACHE_RESULTS),
+                "rate_limit": _counts(limits.get(name, {}), RATE_LIMIT_OUTCOMES),
             }
         )
     clock = view.clock
@@ -97,12 +95,11 @@ def _add_into(total: list[int], histogram: Histogram) -> None:
         total[index] += count
 
 
-def _counts(sources: Iterable[Mapping[str, int]], names: Mapping[str, str]) -> dict[str, int]:
+def _counts(counts: Mapping[str, int], names: Mapping[str, str]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for counts in sources:
-        for name, count in counts.items():
-            label = names.get(name, name)
-            out[label] = out.get(label, 0) + count
+    for name, count in counts.items():
+        label = names.get(name, name)
+        out[label] = out.get(label, 0) + count
     return out
 
 

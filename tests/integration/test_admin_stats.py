@@ -147,11 +147,14 @@ async def test_figures_after_known_traffic(
     before = await get_stats(http, port)
     assert before["buckets"] == list(SECONDS_BUCKETS)
     assert before["metrics"] is True
-    # Every routed name, in config order; the versioned API once, under its dispatcher.
+    # Every routed name, in config order: the versioned API's versions, then its
+    # dispatcher (for the requests no version took).
     assert [route["name"] for route in before["routes"]] == [
         "dash",
         "cached",
         "limited",
+        "catalog-v1",
+        "catalog-v2",
         "catalog:catalog-v1|catalog-v2",
     ]
     assert all(route["requests"] == 0 for route in before["routes"])
@@ -161,9 +164,9 @@ async def test_figures_after_known_traffic(
     for path in ["/c/1", "/c/1", "/c/1", "/c/2"]:
         assert await get_status(http, gw.url + path) == 200
     assert [await get_status(http, f"{gw.url}/l") for _ in range(5)] == [200] * 3 + [429] * 2
-    for version in ("1", "1", "2"):
+    for version in ("1", "1", "2", "9"):
         async with http.get(f"{gw.url}/catalog", headers={"API-Version": version}) as response:
-            assert response.status == 200
+            assert response.status == (404 if version == "9" else 200)
 
     after = await get_stats(http, port)
     seconds = after["monotonic"] - before["monotonic"]
@@ -200,10 +203,15 @@ async def test_figures_after_known_traffic(
     assert limited["rate_limit"] == {"admitted": 3, "refused": 2}
     assert limited["statuses"] == {"2xx": 3, "4xx": 2}
 
-    # The versions' cache counts, under the name their requests are recorded under.
-    catalog = routes["catalog:catalog-v1|catalog-v2"]
-    assert catalog["requests"] == 3
-    assert catalog["cache"] == {"miss": 2, "hit": 1}
+    # Each version's requests and cache counts under its own name; the version nobody
+    # serves under the dispatcher's.
+    assert (routes["catalog-v1"]["requests"], routes["catalog-v1"]["cache"]) == (
+        2,
+        {"miss": 1, "hit": 1},
+    )
+    assert (routes["catalog-v2"]["requests"], routes["catalog-v2"]["cache"]) == (1, {"miss": 1})
+    dispatcher = routes["catalog:catalog-v1|catalog-v2"]
+    assert (dispatcher["requests"], dispatcher["statuses"]) == (1, {"4xx": 1})
 
     # The window between the two answers, as the page computes it.
     figures = {route["name"]: route for route in window_figures(before, after)}

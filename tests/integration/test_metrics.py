@@ -166,8 +166,9 @@ async def test_request_histograms_by_route_and_status(
 async def test_a_fanout_version_behind_a_header_dispatcher_records_its_partials(
     start_gateway: Any, http: aiohttp.ClientSession, aiohttp_server: Any, tmp_path: Path
 ) -> None:
-    """v1 is a proxy, v2 a fan-out with a part that times out: v2's partial answers and
-    budget use are recorded (under the dispatcher's name), v1's requests are not."""
+    """v1 is a proxy, v2 a fan-out with a part that times out: each version's requests
+    are recorded under its own route's name, v2's with its partial answers and budget
+    use."""
     fast = await serve(aiohttp_server, json_reply({"id": 1}))
     slow = await serve(aiohttp_server, json_reply({"late": True}, delay=2.0))
     gw = await start_gateway(
@@ -207,9 +208,11 @@ async def test_a_fanout_version_behind_a_header_dispatcher_records_its_partials(
 
     samples = await scrape(http, gw)
     assert of_name(samples, "gateway_partial_responses_total") == {
-        frozenset({("route", "cat:cat-v1|cat-v2"), ("missing", "slow")}): 3
+        frozenset({("route", "cat-v2"), ("missing", "slow")}): 3
     }
-    assert value(samples, "gateway_fanout_budget_used_ratio_count", route="cat:cat-v1|cat-v2") == 3
+    assert value(samples, "gateway_fanout_budget_used_ratio_count", route="cat-v2") == 3
+    assert value(samples, "gateway_requests_seconds_count", route="cat-v1", status="200") == 2
+    assert value(samples, "gateway_requests_seconds_count", route="cat-v2", status="200") == 3
 
 
 async def test_fanout_timeouts_partials_and_budget_used(
