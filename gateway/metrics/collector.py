@@ -73,6 +73,8 @@ def take_snapshot(state: Gateway) -> Snapshot:
         errors["credentials"] = state.auth.store_errors
     if state.cache_bus is not None:
         errors["cache_bus"] = state.cache_bus.errors
+    if state.auth is not None and state.auth.key_changes is not None:
+        errors["key_changes"] = state.auth.key_changes.errors
     runtime = state.runtime
     return Snapshot(
         routes=[recorder.copy() for recorder in state.recorders],

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Self, TypeAlias
@@ -52,6 +53,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .base import ApiKeyRecord, ClientRecord, ConsumerRecord, SigningKeyRecord, StoreError
+
+log = logging.getLogger("gateway.credentials")
 
 SCHEMA_VERSION = 1
 
@@ -453,20 +456,41 @@ class RedisCredentialStore:
         return sorted(records, key=lambda k: (k.created_at, k.key_id))
 
     async def set_api_key_expiry(self, key_id: str, expires_at: float | None) -> bool:
-        return await self._run(
+        changed = await self._run(
             "set_api_key_expiry",
             _SET_IF_EXISTS,
             [self._key("apikey", key_id)],
             ["expires_at", "" if expires_at is None else _num(expires_at)],
         )
+        if changed:
+            await self._announce_key_change(key_id)
+        return changed
 
     async def revoke_api_key(self, key_id: str, at: float) -> bool:
-        return await self._run(
+        changed = await self._run(
             "revoke_api_key",
             _SET_ONCE,
             [self._key("apikey", key_id)],
             ["revoked_at", "revoked_at", _num(at)],
         )
+        if changed:
+            await self._announce_key_change(key_id)
+        return changed
+
+    @property
+    def key_changes_channel(self) -> str:
+        """Where a revoked or re-dated API key's id is published: every gateway on this
+        store drops the key from its caches at once, whoever changed it (a node's
+        admin API or the CLI)."""
+        return self.prefix + "key-changes"
+
+    async def _announce_key_change(self, key_id: str) -> None:
+        # Best effort: the change is stored, and a node that misses the message reads
+        # the key again within its cache_ttl.
+        try:
+            await self._client.publish(self.key_changes_channel, key_id.encode())
+        except (RedisError, OSError) as exc:
+            log.warning("API key change not announced to other nodes (%s)", exc)
 
     async def touch_api_keys(self, last_used: dict[str, float]) -> None:
         """Unknown ids are ignored; a time never moves backwards (batches from several

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.context import ManualClock
 from gateway.policies.auth import manage
+from gateway.stores.redis import RedisCredentialStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -398,3 +399,71 @@ async def test_a_cached_key_still_expires_on_time(
     async with http.get(f"{gw.url}/k/1", headers={"X-API-Key": created.key}) as response:
         assert response.status == 401
         assert "expired" in challenge(response)
+
+
+async def _statuses_until(http, urls: list[str], key: str, wanted: int) -> list[int]:
+    """Each node's status for ``key``, asked again (up to 2 s) until all are ``wanted``:
+    an announcement travels through Redis pub/sub, so it takes a moment."""
+    statuses: list[int] = []
+    for _ in range(200):
+        statuses = []
+        for url in urls:
+            async with http.get(f"{url}/k/1", headers={"X-API-Key": key}) as response:
+                statuses.append(response.status)
+        if all(status == wanted for status in statuses):
+            break
+        await asyncio.sleep(0.01)
+    return statuses
+
+
+async def test_a_revocation_reaches_every_node_at_once(
+    start_gateway, upstream_url, http, private_redis_server, tmp_path
+) -> None:
+    # Two nodes on one Redis store, their clocks stopped: a key each has verified stays
+    # trusted from its cache until cache_ttl, unless the revocation is announced.
+    top = f"""
+    auth:
+      store: redis
+      redis_url: {private_redis_server.url}
+      pepper_file: {tmp_path / "pepper.json"}
+      cache_ttl: 10s
+    """
+    one = await start_gateway(routes(upstream_url), top=top, clock=ManualClock())
+    two = await start_gateway(routes(upstream_url), top=top, clock=ManualClock())
+    urls = [one.url, two.url]
+    by_cli, by_node = await new_key(one), await new_key(one)
+    for key in (by_cli, by_node):
+        assert await _statuses_until(http, urls, key.key, 200) == [200, 200]
+
+    # The CLI's way: the store itself, from outside any gateway.
+    store = RedisCredentialStore(private_redis_server.url)
+    async with store:
+        assert await store.revoke_api_key(by_cli.record.key_id, 1.0)
+    assert await _statuses_until(http, urls, by_cli.key, 401) == [401, 401]
+
+    # Through one node's own store: the other hears of it too.
+    auth = one.gateway.auth
+    assert await auth.store.revoke_api_key(by_node.record.key_id, 1.0)
+    assert await _statuses_until(http, urls, by_node.key, 401) == [401, 401]
+
+
+async def test_a_node_that_lost_the_announcements_reads_its_keys_again(
+    start_gateway, upstream_url, http, private_redis_server, tmp_path
+) -> None:
+    top = f"""
+    auth:
+      store: redis
+      redis_url: {private_redis_server.url}
+      pepper_file: {tmp_path / "pepper.json"}
+    """
+    gw = await start_gateway(routes(upstream_url), top=top, clock=ManualClock())
+    key = await new_key(gw)
+    assert await _statuses_until(http, [gw.url], key.key, 200) == [200]
+    listener = gw.gateway.auth.key_changes
+    assert listener is not None
+    # Redis restarts, empty (it keeps nothing on disk here): whatever was announced
+    # meanwhile is lost, so once the channel is back the node forgets its cached keys
+    # and asks the store again, which no longer knows this one.
+    await private_redis_server.astop()
+    await private_redis_server.astart()
+    assert await _statuses_until(http, [gw.url], key.key, 401) == [401]

@@ -106,6 +106,13 @@ class ApiKeyVerifier:
         self.last_used[record.key_id] = now
         return entry
 
+    def forget_all(self) -> None:
+        """Drop every cached key: changes may have been missed (the node lost the
+        channel that announces them), so each key is read from the store again."""
+        self._known.clear()
+        self._verified.clear()
+        self._verified_ids.clear()
+
     def invalidate(self, key_id: str) -> None:
         self._known.pop(key_id, None)
         self._unknown.pop(key_id, None)

@@ -18,6 +18,8 @@ import aiohttp
 from ...config.model import AuthSpec, GatewayConfig, IssuerSpec, JwksSpec
 from ...context import Clock
 from ...stores.base import CredentialStore
+from ...stores.channel import ChannelListener
+from ...stores.redis import RedisCredentialStore
 from .api_keys import ApiKeyVerifier
 from .jwks import RemoteJwks
 from .jwt_verify import JwtVerifier, KeyLookup, TrustedIssuer
@@ -47,8 +49,6 @@ def resolve(base_dir: Path, value: str) -> Path:
 
 def open_store(spec: AuthSpec, base_dir: Path) -> CredentialStore:
     if spec.store == "redis":
-        from ...stores.redis import RedisCredentialStore
-
         return RedisCredentialStore(spec.redis_url)
     from ...stores.sqlite import SqliteCredentialStore
 
@@ -89,6 +89,8 @@ class AuthServices:
         self._jwks: dict[str, RemoteJwks] = {}
         self._session: aiohttp.ClientSession | None = None
         self._flusher: asyncio.Task[None] | None = None
+        #: With the Redis store: API key changes announced by other nodes and the CLI.
+        self.key_changes: ChannelListener | None = None
 
     def count_token_store_error(self) -> None:
         self.token_store_errors += 1
@@ -117,6 +119,15 @@ class AuthServices:
         signing.start()
         services = cls(store, peppers, verifier, signing, clock)
         services._flusher = asyncio.get_running_loop().create_task(services._flush_forever())
+        if isinstance(store, RedisCredentialStore):
+            services.key_changes = ChannelListener(
+                store.url,
+                store.key_changes_channel,
+                lambda key_id: verifier.invalidate(key_id.decode(errors="replace")),
+                on_resubscribed=verifier.forget_all,
+                what="API key change",
+            )
+            await services.key_changes.start()
         return services
 
     def reload_peppers(self, config: GatewayConfig, base_dir: Path) -> None:
@@ -184,4 +195,6 @@ class AuthServices:
         if self._session is not None:
             await self._session.close()
         await self.signing.close()
+        if self.key_changes is not None:
+            await self.key_changes.close()
         await self.store.close()

@@ -1,0 +1,90 @@
+"""One Redis pub/sub channel listened to for the life of the process.
+
+Used where nodes tell each other that something they cache has changed (cache
+invalidations, revoked API keys). The subscription is kept up: when it is lost, it is
+made again a second later, and ``on_resubscribed`` runs once it is back, since
+messages sent meanwhile are lost (pub/sub keeps nothing) and the listener may want to
+drop whatever they could have been about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("gateway.channel")
+
+#: How long ``start`` waits for the first subscription before going on without it.
+_FIRST_SUBSCRIPTION_S = 2.0
+_RETRY_S = 1.0
+
+
+class ChannelListener:
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        on_message: Callable[[bytes], None],
+        *,
+        on_resubscribed: Callable[[], None] | None = None,
+        what: str,
+    ) -> None:
+        self._redis = aioredis.from_url(url, socket_connect_timeout=1.0)
+        self._channel = channel
+        self._on_message = on_message
+        self._on_resubscribed = on_resubscribed
+        #: For the logs: what the channel carries ("cache invalidation").
+        self._what = what
+        self._task: asyncio.Task[None] | None = None
+        self.received = 0
+        #: Lost subscriptions and failed publishes, for the metrics.
+        self.errors = 0
+
+    async def start(self) -> None:
+        """Subscribe; wait for it a little (a node that starts with Redis down runs on)."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        self._task = loop.create_task(self._listen(ready))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(ready), _FIRST_SUBSCRIPTION_S)
+
+    async def publish(self, message: bytes) -> None:
+        """Best effort: a failure is logged and counted, never raised."""
+        try:
+            await self._redis.publish(self._channel, message)
+        except (RedisError, OSError) as exc:
+            self.errors += 1
+            log.warning("%s not published (%s)", self._what, exc)
+
+    async def _listen(self, ready: asyncio.Future[None]) -> None:
+        lost = False
+        while True:
+            try:
+                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(self._channel)
+                if not ready.done():
+                    ready.set_result(None)
+                if lost and self._on_resubscribed is not None:
+                    self._on_resubscribed()
+                lost = False
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self.received += 1
+                        self._on_message(message["data"])
+            except (RedisError, OSError) as exc:
+                self.errors += 1
+                lost = True
+                log.warning("%s channel lost (%s); retrying", self._what, exc)
+                await asyncio.sleep(_RETRY_S)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._redis.aclose()
