@@ -75,12 +75,20 @@ class ChannelListener:
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         self.received += 1
-                        self._on_message(message["data"])
+                        self._deliver(message["data"])
             except (RedisError, OSError) as exc:
                 self.errors += 1
                 lost = True
                 log.warning("%s channel lost (%s); retrying", self._what, exc)
                 await asyncio.sleep(_RETRY_S)
+
+    def _deliver(self, data: bytes) -> None:
+        # A message the handler cannot take (a bug, an odd payload) must not end the
+        # subscription for the rest of the process.
+        try:
+            self._on_message(data)
+        except Exception:
+            log.exception("%s message not handled", self._what)
 
     async def close(self) -> None:
         if self._task is not None:
