@@ -106,7 +106,9 @@ async def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
                         name=name,
                         path=path,
                         methods=(method,),
-                        kind=sample.kind,
+                        # Its own answers are refusals (400, 404, 406), never a
+                        # fan-out's: no budget or partial figures for it.
+                        kind="proxy" if sample.kind == "fanout" else sample.kind,
                         budget=max(r.budget for r in by_version.values()),
                         handler=dispatch,
                     )
@@ -157,6 +159,10 @@ class _Builder:
 
     def compile(self, spec: RouteSpec) -> CompiledRoute:
         name = spec.name or f"{'|'.join(spec.methods)} {spec.path}"
+        api = self.config.apis.get(spec.api) if spec.api is not None else None
+        if spec.name is None and api is not None and api.strategy != "uri":
+            # Versions that share a path would otherwise share a name, and a recorder.
+            name += f" v{spec.version}"
         template = compile_template(spec.path)
         tails = frozenset({template.tail}) if template.tail else frozenset()
         terminal: Handler

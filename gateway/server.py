@@ -376,8 +376,10 @@ class Gateway:
         status = response.status
         if ctx is not None:
             # The route that answered: a versioned API's dispatcher hands the request
-            # to its version's route, which records it.
-            recorder = ctx.route.metrics
+            # to its version's route, which records and logs it.
+            route = ctx.route
+            recorder = route.metrics
+            route_name = route.name
         if recorder is not None:
             recorder.record(status, elapsed, ctx)
         if access_log.enabled:

@@ -4,13 +4,17 @@ Used where nodes tell each other that something they cache has changed (cache
 invalidations, revoked API keys). The subscription is kept up: when it is lost, it is
 made again a second later, and ``on_resubscribed`` runs once it is back, since
 messages sent meanwhile are lost (pub/sub keeps nothing) and the listener may want to
-drop whatever they could have been about.
+drop whatever they could have been about. A connection that dies without an error (a
+network partition) is noticed only when TCP gives up on it: the listeners treat what
+arrives here as a speed-up over their own expiry, never as the only way to learn of a
+change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 
@@ -65,34 +69,37 @@ class ChannelListener:
         lost = False
         while True:
             try:
-                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(self._channel)
-                if not ready.done():
-                    ready.set_result(None)
-                if lost and self._on_resubscribed is not None:
-                    self._on_resubscribed()
-                lost = False
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self.received += 1
-                        self._deliver(message["data"])
+                # Closed on the way out, so a lost subscription leaves no connection
+                # behind that the client library would quietly subscribe again.
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    if not ready.done():
+                        ready.set_result(None)
+                    if lost and self._on_resubscribed is not None:
+                        self._guarded(self._on_resubscribed)
+                    lost = False
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self.received += 1
+                            self._guarded(functools.partial(self._on_message, message["data"]))
             except (RedisError, OSError) as exc:
                 self.errors += 1
                 lost = True
                 log.warning("%s channel lost (%s); retrying", self._what, exc)
                 await asyncio.sleep(_RETRY_S)
 
-    def _deliver(self, data: bytes) -> None:
+    def _guarded(self, call: Callable[[], None]) -> None:
         # A message the handler cannot take (a bug, an odd payload) must not end the
         # subscription for the rest of the process.
         try:
-            self._on_message(data)
+            call()
         except Exception:
-            log.exception("%s message not handled", self._what)
+            log.exception("%s not handled", self._what)
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # Whatever ended the task, the client below is still closed.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         await self._redis.aclose()

@@ -467,3 +467,33 @@ async def test_a_node_that_lost_the_announcements_reads_its_keys_again(
     await private_redis_server.astop()
     await private_redis_server.astart()
     assert await _statuses_until(http, [gw.url], key.key, 401) == [401]
+
+
+async def test_a_revocation_during_a_store_read_is_not_undone_by_it(
+    start_gateway, upstream_url, http, tmp_path
+) -> None:
+    gw = await start_gateway(routes(upstream_url), top=auth_top(tmp_path), clock=ManualClock())
+    created = await new_key(gw)
+    auth = gw.gateway.auth
+    store, verifier = auth.store, auth.api_keys
+    # The real store's read, held until the revocation has happened.
+    release = asyncio.Event()
+    read = store.get_api_key
+
+    async def held_read(key_id: str):
+        record = await read(key_id)
+        await release.wait()
+        return record
+
+    store.get_api_key = held_read
+    request = asyncio.ensure_future(http.get(f"{gw.url}/k/1", headers={"X-API-Key": created.key}))
+    await asyncio.sleep(0.1)  # the request is waiting in the store read
+    assert await store.revoke_api_key(created.record.key_id, 1.0)
+    verifier.invalidate(created.record.key_id)  # as the admin API does
+    release.set()
+    async with await request as response:
+        assert response.status == 200  # read before the revocation: answered once...
+    store.get_api_key = read
+    # ...but not kept: the next request reads the store again and is refused.
+    async with http.get(f"{gw.url}/k/1", headers={"X-API-Key": created.key}) as response:
+        assert response.status == 401

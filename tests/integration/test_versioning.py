@@ -144,3 +144,21 @@ async def test_the_deprecation_link_is_added_beside_the_upstreams_links(
             '<https://docs.example/v1>; rel="deprecation"',
         ]
         assert response.headers["Deprecation"] == f"@{DEPRECATED}"
+
+
+async def test_unnamed_versions_on_one_path_are_recorded_and_logged_apart(
+    start_gateway, upstream_url, http
+) -> None:
+    routes, top = config(upstream_url, "header")
+    gw = await start_gateway(routes, top=top)
+    for version in ("1", "2", "2"):
+        async with http.get(f"{gw.url}/orders", headers={"API-Version": version}) as response:
+            assert response.status == 200
+    counts = {
+        recorder.name: sum(h.count for h in recorder.requests.values())
+        for recorder in gw.gateway.recorders
+    }
+    assert counts["GET /orders v1"] == 1
+    assert counts["GET /orders v2"] == 2
+    # The dispatcher only for the requests no version took.
+    assert counts.get("orders:GET /orders v1|GET /orders v2", 0) == 0

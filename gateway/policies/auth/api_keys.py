@@ -64,6 +64,9 @@ class ApiKeyVerifier:
         self.last_used: dict[str, float] = {}
         #: Store calls that failed (lookups and last-use flushes), for the metrics.
         self.store_errors = 0
+        #: Moves on every invalidation. A store read that began before one may hold what
+        #: was just revoked: its answer is used once, never cached.
+        self.generation = 0
 
     def cached(self, credential: str) -> Consumer | None:
         """The consumer of a key that verified recently and is still live."""
@@ -79,7 +82,13 @@ class ApiKeyVerifier:
         self.last_used[consumer.credential_id] = self._clock.wall()
         return consumer
 
-    def remember(self, credential: str, consumer: Consumer, expires_at: float | None) -> None:
+    def remember(
+        self, credential: str, consumer: Consumer, expires_at: float | None, generation: int
+    ) -> None:
+        """Trust ``credential`` for ``cache_ttl``, unless a key was invalidated since
+        ``generation`` (read before the verification began)."""
+        if generation != self.generation:
+            return
         if len(self._verified) >= _VERIFIED_LIMIT:
             self._verified.clear()  # bounded; refilled by the next verifications
             self._verified_ids.clear()
@@ -109,11 +118,13 @@ class ApiKeyVerifier:
     def forget_all(self) -> None:
         """Drop every cached key: changes may have been missed (the node lost the
         channel that announces them), so each key is read from the store again."""
+        self.generation += 1
         self._known.clear()
         self._verified.clear()
         self._verified_ids.clear()
 
     def invalidate(self, key_id: str) -> None:
+        self.generation += 1
         self._known.pop(key_id, None)
         self._unknown.pop(key_id, None)
         credential = self._verified_ids.pop(key_id, None)
@@ -133,6 +144,7 @@ class ApiKeyVerifier:
             return await asyncio.shield(pending)
         future: asyncio.Future[_Entry | None] = asyncio.get_running_loop().create_future()
         self._pending[key_id] = future
+        generation = self.generation
         try:
             record = await self._store.get_api_key(key_id)
             entry: _Entry | None = None
@@ -150,6 +162,8 @@ class ApiKeyVerifier:
         finally:
             del self._pending[key_id]
         future.set_result(entry)
+        if generation != self.generation:
+            return entry  # invalidated while it was read: answer this once, keep nothing
         now = self._clock.monotonic()
         if entry is None:
             self._unknown[key_id] = now + self._negative_ttl

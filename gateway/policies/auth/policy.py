@@ -83,6 +83,7 @@ class ApiKeyMethod:
         key = parse_api_key(credential)
         if key is None:
             raise InvalidCredential("the API key is not valid")
+        generation = verifier.generation
         record, plan = await verifier.verify(key)
         consumer = Consumer(
             id=record.consumer_id,
@@ -91,7 +92,7 @@ class ApiKeyMethod:
             credential="api_key",
             credential_id=record.key_id,
         )
-        verifier.remember(credential, consumer, record.expires_at)
+        verifier.remember(credential, consumer, record.expires_at, generation)
         return consumer
 
 
