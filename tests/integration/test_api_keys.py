@@ -283,13 +283,7 @@ async def test_store_outage_fails_closed_but_cached_keys_keep_working(
     start_gateway, upstream_url, http, private_redis_server, tmp_path
 ) -> None:
     gw = await start_gateway(
-        routes(upstream_url),
-        top=f"""
-    auth:
-      store: redis
-      redis_url: {private_redis_server.url}
-      pepper_file: {tmp_path / "pepper.json"}
-    """,
+        routes(upstream_url), top=redis_auth_top(private_redis_server.url, tmp_path)
     )
     cached = await new_key(gw)
     uncached = await new_key(gw)
@@ -401,6 +395,17 @@ async def test_a_cached_key_still_expires_on_time(
         assert "expired" in challenge(response)
 
 
+def redis_auth_top(redis_url: str, tmp_path: Path) -> str:
+    """The credential store in Redis, keys trusted from a node's cache for 10 s."""
+    return f"""
+    auth:
+      store: redis
+      redis_url: {redis_url}
+      pepper_file: {tmp_path / "pepper.json"}
+      cache_ttl: 10s
+    """
+
+
 async def _statuses_until(http, urls: list[str], key: str, wanted: int) -> list[int]:
     """Each node's status for ``key``, asked again (up to 2 s) until all are ``wanted``:
     an announcement travels through Redis pub/sub, so it takes a moment."""
@@ -421,13 +426,7 @@ async def test_a_revocation_reaches_every_node_at_once(
 ) -> None:
     # Two nodes on one Redis store, their clocks stopped: a key each has verified stays
     # trusted from its cache until cache_ttl, unless the revocation is announced.
-    top = f"""
-    auth:
-      store: redis
-      redis_url: {private_redis_server.url}
-      pepper_file: {tmp_path / "pepper.json"}
-      cache_ttl: 10s
-    """
+    top = redis_auth_top(private_redis_server.url, tmp_path)
     one = await start_gateway(routes(upstream_url), top=top, clock=ManualClock())
     two = await start_gateway(routes(upstream_url), top=top, clock=ManualClock())
     urls = [one.url, two.url]
@@ -450,12 +449,7 @@ async def test_a_revocation_reaches_every_node_at_once(
 async def test_a_node_that_lost_the_announcements_reads_its_keys_again(
     start_gateway, upstream_url, http, private_redis_server, tmp_path
 ) -> None:
-    top = f"""
-    auth:
-      store: redis
-      redis_url: {private_redis_server.url}
-      pepper_file: {tmp_path / "pepper.json"}
-    """
+    top = redis_auth_top(private_redis_server.url, tmp_path)
     gw = await start_gateway(routes(upstream_url), top=top, clock=ManualClock())
     key = await new_key(gw)
     assert await _statuses_until(http, [gw.url], key.key, 200) == [200]
