@@ -24,9 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import shutil
+import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -159,16 +163,56 @@ async def _main(only: list[str], requests: int) -> dict[str, float]:
             processes.stop_all()
 
 
+def added(counts: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Each measured pair: instructions the first adds over the second, and the share."""
+    return {
+        f"{more}_minus_{base}": {
+            "instructions": round(counts[more] - counts[base], 1),
+            "share": round((counts[more] - counts[base]) / counts[base], 4),
+        }
+        for more, base in PAIRS
+        if more in counts and base in counts
+    }
+
+
+def in_subprocess(keys: Sequence[str], requests: int = 200) -> dict[str, Any]:
+    """For ``bench.run``: the counts of ``keys``, measured in a process of their own (the
+    gateway runs in it), or ``{"error": ...}``. j is left out without a redis-server."""
+    if shutil.which(os.environ.get("REDIS_SERVER", "redis-server")) is None:
+        keys = [key for key in keys if key != "j"]
+    if not keys:
+        return {"error": "no variant to count"}
+    command = [sys.executable, "-m", "bench.pycost", "--only", ",".join(keys), "--json"]
+    command += ["--requests", str(requests)]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=_SUBPROCESS_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"not done within {_SUBPROCESS_TIMEOUT_S} s"}
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip() or f"exit status {done.returncode}")[-800:]}
+    counts: dict[str, float] = json.loads(done.stdout)
+    return {"requests": requests, "counts": counts, "added": added(counts)}
+
+
+_SUBPROCESS_TIMEOUT_S = 240
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pycost", description=__doc__)
     parser.add_argument("--only", default=",".join(VARIANTS), help="variants, comma-separated")
     parser.add_argument("--requests", type=int, default=200, help="counted per variant")
+    parser.add_argument("--json", action="store_true", help="print the counts as JSON")
     args = parser.parse_args(argv)
     only = [key for key in args.only.split(",") if key]
     unknown = [key for key in only if key not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants: {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     counts = measure(only, args.requests)
+    if args.json:
+        print(json.dumps(counts))
+        return 0
     print("Python instructions per request (sys.settrace opcode events; C work not counted)")
     for key, value in counts.items():
         print(f"  {key}  {VARIANTS[key][0]:28s} {value:8.0f}")

@@ -57,6 +57,8 @@ def print_table(report: dict[str, Any]) -> None:
         print_cache_ttl(report)
     if any(key in variants for key in ("e", "f")):
         print_open_loop(report)
+    if report.get("python_instructions") is not None:
+        print_python_instructions(report["python_instructions"])
     if report["noise"]["noisy"]:
         print(
             f"warning: other programs used up to {report['noise']['max_other_processes']:.0%} "
@@ -280,3 +282,16 @@ def _print_reasons(measured: dict[str, Any]) -> None:
     for reason in ("skipped", "error"):
         if reason in measured:
             print(f"  {reason}: {measured[reason]}")
+
+
+def print_python_instructions(counted: dict[str, Any]) -> None:
+    print("Python instructions per request (bench.pycost: the same on any machine; C not counted)")
+    if "error" in counted:
+        print(f"  not counted: {counted['error']}")
+        print()
+        return
+    print("  " + "  ".join(f"{key} {value:.0f}" for key, value in counted["counts"].items()))
+    for pair, extra in counted["added"].items():
+        more, base = pair.split("_minus_")
+        print(f"  {more} - {base}: {extra['instructions']:+.0f} ({extra['share']:+.1%})")
+    print()

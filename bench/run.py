@@ -105,6 +105,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
+from bench import pycost
 from bench.bars import (
     bar_outcome,
     cache_ttl_bars,
@@ -1190,6 +1191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
 
+    # Machine-independent, next to the throughput figures: what the same variants run in
+    # Python per request (bench.pycost), counted after the servers above have stopped.
+    counted = [key for key in pycost.VARIANTS if key in only]
+    print("counting Python instructions per request (bench.pycost)...", file=sys.stderr)
+    python_instructions = pycost.in_subprocess(counted) if counted else None
+
     ratio = ratios(run.variants)
     validation = validation_cost(run.variants, run.validation_micro)
     open_loops = {
@@ -1211,6 +1218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validation": validation,
         "validation_open_loop": run.validation_open,
         "cache_ttl": run.cache_ttl,
+        "python_instructions": python_instructions,
         "bars": {
             **closed_loop_bars(ratio),
             **validation_bars(validation, run.validation_open),

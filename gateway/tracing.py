@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 import re
+from typing import NamedTuple
 
 from multidict import MultiMapping
 
@@ -31,31 +32,24 @@ _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
 
-class TraceContext:
-    """One request's place in a trace: what the gateway passes to its upstreams."""
+class TraceContext(NamedTuple):
+    """One request's place in a trace: what the gateway passes to its upstreams.
 
-    __slots__ = ("flags", "parent_id", "state", "trace_id")
+    A named tuple: one is made per request, and a tuple is made in C, where a class's
+    ``__init__`` runs Python.
+    """
 
-    def __init__(self, trace_id: str, parent_id: str | None, flags: str, state: str | None) -> None:
-        self.trace_id = trace_id
-        #: The caller's span id; None when the gateway started the trace.
-        self.parent_id = parent_id
-        self.flags = flags
-        #: ``tracestate`` as received (None when absent or when the trace was restarted).
-        self.state = state
+    trace_id: str
+    #: The caller's span id; None when the gateway started the trace.
+    parent_id: str | None
+    flags: str
+    #: ``tracestate`` as received (None when absent or when the trace was restarted).
+    state: str | None
 
     def child(self) -> str:
         """The ``traceparent`` of one upstream call: this trace, a new span id."""
-        return f"00-{self.trace_id}-{new_span_id()}-{self.flags}"
-
-
-def new_span_id() -> str:
-    # All zeros is the one invalid value; ``or 1`` costs nothing in the other 2**64 - 1.
-    return (_getrandbits(64) or 1).to_bytes(8).hex()
-
-
-def new_trace_id() -> str:
-    return (_getrandbits(128) or 1).to_bytes(16).hex()
+        # All zeros is the one invalid id; ``or 1`` costs nothing in the other 2**64 - 1.
+        return f"00-{self.trace_id}-{(_getrandbits(64) or 1).to_bytes(8).hex()}-{self.flags}"
 
 
 def parse_traceparent(value: str) -> tuple[str, str, str] | None:
@@ -85,4 +79,5 @@ def incoming_trace(headers: MultiMapping[str]) -> TraceContext:
                 if len(fields) > 1:
                     state = ",".join(fields)
             return TraceContext(trace_id, parent_id, flags, state)
-    return TraceContext(new_trace_id(), None, "00", None)
+    # A new trace id, never all zeros (the one invalid value).
+    return TraceContext((_getrandbits(128) or 1).to_bytes(16).hex(), None, "00", None)
