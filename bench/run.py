@@ -1194,8 +1194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Machine-independent, next to the throughput figures: what the same variants run in
     # Python per request (bench.pycost), counted after the servers above have stopped.
     counted = [key for key in pycost.VARIANTS if key in only]
-    print("counting Python instructions per request (bench.pycost)...", file=sys.stderr)
-    python_instructions = pycost.in_subprocess(counted) if counted else None
+    python_instructions = None
+    if counted:
+        print("counting Python instructions per request (bench.pycost)...", file=sys.stderr)
+        try:
+            python_instructions = pycost.in_subprocess(counted)
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
 
     ratio = ratios(run.variants)
     validation = validation_cost(run.variants, run.validation_micro)

@@ -95,7 +95,6 @@ async def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
                 continue
             router.add(compile_template(spec.path), spec.methods, route)
         for (path, method), (api_name, by_version) in versioned.items():
-            sample = next(iter(by_version.values()))
             name = f"{api_name}:{'|'.join(r.name for r in by_version.values())}"
             dispatch = VersionDispatch(config.apis[api_name], by_version)
             router.add(
@@ -108,7 +107,7 @@ async def build_runtime(loaded: LoadedConfig, services: Services) -> Runtime:
                         methods=(method,),
                         # Its own answers are refusals (400, 404, 406), never a
                         # fan-out's: no budget or partial figures for it.
-                        kind="proxy" if sample.kind == "fanout" else sample.kind,
+                        kind="proxy",
                         budget=max(r.budget for r in by_version.values()),
                         handler=dispatch,
                     )

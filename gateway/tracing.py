@@ -35,8 +35,9 @@ _ZERO_SPAN = "0" * 16
 class TraceContext(NamedTuple):
     """One request's place in a trace: what the gateway passes to its upstreams.
 
-    A named tuple: one is made per request, and a tuple is made in C, where a class's
-    ``__init__`` runs Python.
+    A named tuple, its ids made inline below: one is made per request, and this ran
+    8 fewer bytecode instructions than a slotted class with an ``__init__`` and id
+    helper functions (bench.pycost).
     """
 
     trace_id: str

@@ -61,7 +61,7 @@ class RouteMetrics:
     def record(self, status: int, seconds: float, ctx: RequestContext | None) -> None:
         """One answered request: ``seconds`` from arrival to the end of the response."""
         # ``Histogram.observe`` written out here (twice): this runs for every request,
-        # and the method calls were a third of its cost.
+        # and the two calls cost 18 bytecode instructions of about 115 (bench.pycost).
         histogram = self.requests.get(status)
         if histogram is None:
             # A new label value; status codes are a bounded set.

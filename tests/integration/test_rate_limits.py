@@ -842,13 +842,13 @@ async def test_a_cancelled_probe_does_not_wedge_the_breaker() -> None:
     limiter = Limiter(spec, clock)
     store = FlakyStore()
     limiter.redis = store  # type: ignore[assignment]  # the breaker's calls, scripted
-    limits = (Limit("burst", "rate", 1.0, 5, 0.0),)
+    command = store.command(["k"], (Limit("burst", "rate", 1.0, 5, 0.0),), 1)
     try:
-        assert await limiter.decide(["k"], limits, 1) is None
+        assert await limiter.decide_command(command, 1) is None
         assert limiter.breaker.state == "open"
         clock.advance(1.0)
         store.mode = "hang"
-        probe = asyncio.ensure_future(limiter.decide(["k"], limits, 1))
+        probe = asyncio.ensure_future(limiter.decide_command(command, 1))
         await asyncio.sleep(0.01)
         assert store.calls == 2
         probe.cancel()
@@ -856,7 +856,7 @@ async def test_a_cancelled_probe_does_not_wedge_the_breaker() -> None:
             await probe
         store.mode = "ok"
         clock.advance(1.0)
-        decision = await limiter.decide(["k"], limits, 1)
+        decision = await limiter.decide_command(command, 1)
         assert decision is not None, f"the breaker stayed {limiter.breaker.state}"
         assert decision.admitted
     finally:

@@ -8,7 +8,9 @@ Rules:
   "expired" is only told to someone who holds the whole key.
 - A key that verified is remembered (the whole key -> its ``Consumer``) for the same
   ``cache_ttl``, so a client reusing its key pays for one HMAC, not one per request;
-  revoking through the admin API drops the entry at once, and expiry is still checked.
+  revoking through the admin API drops the entry at once (with the Redis store, a
+  revocation by any node or the CLI too, announced on a channel), and expiry is still
+  checked.
 - Last-use times are kept in memory and written to the store in batches.
 """
 

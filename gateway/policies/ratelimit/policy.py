@@ -174,16 +174,10 @@ class Limiter:
                 total[outcome] = total.get(outcome, 0) + count
         return total
 
-    async def decide(
-        self, keys: Sequence[str], limits: tuple[Limit, ...], cost: int
-    ) -> Decision | None:
-        """The remote store's decision, or None when it cannot answer in time. (The
-        memory store is asked directly: ``local.decide_now``.)"""
-        assert self.redis is not None, "only the Redis store is asked through the breaker"
-        return await self.decide_command(self.redis.command(keys, limits, cost), len(limits))
-
     async def decide_command(self, command: bytes, count: int) -> Decision | None:
-        """``decide`` with the store's command already made (``RedisLimiterStore.command``)."""
+        """The Redis store's decision on ``command`` (``RedisLimiterStore.command``, made
+        once per subject), or None when it cannot answer in time. (The memory store is
+        asked directly: ``local.decide_now``.)"""
         redis = self.redis
         assert redis is not None, "only the Redis store is asked through the breaker"
         if not self.breaker.allow():
@@ -409,8 +403,7 @@ class RateLimitPolicy:
         headers.append(limit_set.policy_entry)
         headers.append((STATE_HEADER, state))
         if decision.admitted:
-            counts = self._counts
-            counts["admitted"] = counts.get("admitted", 0) + 1
+            self._count("admitted")
             return await call_next(ctx)
         return await self._refused(ctx, call_next, subject_keys, state, decision.retry_after)
 
