@@ -138,8 +138,9 @@ class RequestContext:
     upstream_headers: list[tuple[str, str]]
     #: Request headers policies ask the terminal not to send (a checked credential).
     hidden_headers: list[str]
-    #: Time spent in policies that wait on a store (``ratelimit``), for Server-Timing.
-    policy_timings: list[tuple[str, float]]
+    #: Server-Timing entries of policies that wait on a store, rendered by the policy
+    #: (``ratelimit;dur=0.21``, milliseconds).
+    policy_timings: list[str]
     #: The request body when a policy had to read it whole (validation); the terminal
     #: sends these bytes instead of streaming the client's body.
     body: bytes | None
@@ -167,7 +168,7 @@ class RequestContext:
         trace: TraceContext | None = None,
         timings: list[tuple[str, float, str]] | None = None,
         upstream_wait: float = 0.0,
-        policy_timings: list[tuple[str, float]] | None = None,
+        policy_timings: list[str] | None = None,
     ) -> None:
         self.request = request
         self.route = route

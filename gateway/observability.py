@@ -54,15 +54,18 @@ def server_timing(ctx: RequestContext, total: float) -> str:
     tail = f"gateway;dur={own * 1000 if own > 0 else 0.0:.1f}, total;dur={total * 1000:.1f}"
     timings = ctx.timings
     policy_timings = ctx.policy_timings
-    if not policy_timings and len(timings) <= 1:
-        if not timings:
-            return tail
+    if len(timings) == 1:
         name, seconds, outcome = timings[0]
-        return f'{name};dur={seconds * 1000:.1f};desc="{outcome}", {tail}'
+        if not policy_timings:
+            return f'{name};dur={seconds * 1000:.1f};desc="{outcome}", {tail}'
+        waited = ", ".join(policy_timings)
+        return f'{name};dur={seconds * 1000:.1f};desc="{outcome}", {waited}, {tail}'
+    if not timings and not policy_timings:
+        return tail  # answered at the edge (a cache hit, a 304)
     parts = [
         f'{name};dur={seconds * 1000:.1f};desc="{outcome}"' for name, seconds, outcome in timings
     ]
-    parts.extend(f"{name};dur={seconds * 1000:.2f}" for name, seconds in policy_timings)
+    parts += policy_timings
     parts.append(tail)
     return ", ".join(parts)
 

@@ -56,9 +56,13 @@ def _executable() -> str:
 class RedisServer:
     """One ``redis-server`` process on ``127.0.0.1:port``, working in ``directory``."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, options: dict[str, str] | None = None
+    ) -> None:
         self.directory = directory
         self.port = port if port is not None else _free_port()
+        #: More ``redis-server`` options (``unixsocket``, ``tls-port``, ...).
+        self.options = dict(options or {})
         self.host = "127.0.0.1"
         self._executable = _executable()
         self._process: subprocess.Popen[bytes] | None = None
@@ -86,6 +90,7 @@ class RedisServer:
             "appendonly": "no",
             "dir": str(self.directory),
             "daemonize": "no",
+            **self.options,
         }
         argv = [self._executable]
         for name, value in options.items():

@@ -28,7 +28,7 @@ from gateway.config import ConfigError, ConfigIssue, load_config
 from gateway.config.model import RateLimitsSpec
 from gateway.context import Clock, ManualClock
 from gateway.policies.auth import manage
-from gateway.policies.ratelimit.arithmetic import Decision, Limit, Outcome
+from gateway.policies.ratelimit.arithmetic import Limit
 from gateway.policies.ratelimit.policy import Limiter
 from gateway.stores.base import StoreError
 from tests.conftest import RunningGateway, write_gateway_config
@@ -120,19 +120,11 @@ def count_calls(owner: Any) -> list[int]:
     """Wrap the store's decision method with a counter that calls through; the box.
 
     The memory store is asked through ``decide_now`` or, for one rate limit,
-    ``decide_rate_now`` (it never waits), Redis through ``decide_command``.
+    ``decide_rate_now`` (it never waits), Redis through ``send`` (a command's reply).
     """
     if hasattr(owner, "decide_now"):
         return count_calls_of(owner, "decide_now", "decide_rate_now")
-    calls = [0]
-    original = owner.decide_command
-
-    async def counting(*args: Any, **kwargs: Any) -> Decision:
-        calls[0] += 1
-        return await original(*args, **kwargs)  # type: ignore[no-any-return]
-
-    owner.decide_command = counting
-    return calls
+    return count_calls_of(owner, "send")
 
 
 # -- refusals and headers (memory store) ------------------------------------------------
@@ -814,13 +806,13 @@ class FlakyStore:
     def command(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> bytes:
         return b"decide"
 
-    async def decide_command(self, command: bytes, count: int) -> Decision:
+    async def send(self, command: bytes) -> list[int]:
         self.calls += 1
         if self.mode == "fail":
             raise StoreError("down")
         if self.mode == "hang":
             await asyncio.Event().wait()
-        return Decision(True, tuple(Outcome(True, 1, 1.0, 0.0) for _ in range(count)))
+        return [1, 1, 1, 1_000_000, 0]  # admitted; one limit: admitted, 1 left, 1 s, 0
 
     async def close(self) -> None:
         pass
@@ -844,11 +836,11 @@ async def test_a_cancelled_probe_does_not_wedge_the_breaker() -> None:
     limiter.redis = store  # type: ignore[assignment]  # the breaker's calls, scripted
     command = store.command(["k"], (Limit("burst", "rate", 1.0, 5, 0.0),), 1)
     try:
-        assert await limiter.decide_command(command, 1) is None
+        assert await limiter.decide_raw(command) is None
         assert limiter.breaker.state == "open"
         clock.advance(1.0)
         store.mode = "hang"
-        probe = asyncio.ensure_future(limiter.decide_command(command, 1))
+        probe = asyncio.ensure_future(limiter.decide_raw(command))
         await asyncio.sleep(0.01)
         assert store.calls == 2
         probe.cancel()
@@ -856,9 +848,9 @@ async def test_a_cancelled_probe_does_not_wedge_the_breaker() -> None:
             await probe
         store.mode = "ok"
         clock.advance(1.0)
-        decision = await limiter.decide_command(command, 1)
-        assert decision is not None, f"the breaker stayed {limiter.breaker.state}"
-        assert decision.admitted
+        raw = await limiter.decide_raw(command)
+        assert raw is not None, f"the breaker stayed {limiter.breaker.state}"
+        assert raw[0] == 1
     finally:
         await limiter.local.close()
 

@@ -307,12 +307,16 @@ async def test_redis_never_reached_is_a_store_error() -> None:
         await store.close()
 
 
-async def test_redis_decisions_queued_behind_a_hung_batch_wait_only_their_own_slice() -> None:
-    """A Redis that accepts and never answers. The second decision is asked while the
-    first one's batch is in flight, so it queues behind it: it must still fail within
-    its own slice from when it was asked, not the first one's remainder plus a slice."""
+async def test_a_hung_redis_fails_each_decision_within_its_slice_and_is_left() -> None:
+    """A Redis that accepts and never answers. Each decision fails within its own
+    slice; the oldest one's failure drops the connection, failing every decision
+    still on it at once (their replies could only come late, after an answer that
+    never came). A decision asked afterwards connects anew and gets a whole slice."""
+    connections = 0
 
     async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
         while await reader.read(4096):
             pass
         writer.close()
@@ -331,10 +335,12 @@ async def test_redis_decisions_queued_behind_a_hung_batch_wait_only_their_own_sl
     try:
         first, second = await asyncio.gather(timed_failure(0.0), timed_failure(0.25))
         assert 0.35 < first < 0.6
-        # Asked 0.25 s into the first one's slice: without its own bound it would wait
-        # for the first batch to fail (0.15 s) and then a whole slice of its own (0.4 s);
-        # nor may the first one's lateness cut its own slice short.
-        assert 0.35 < second < 0.52, second
+        # Asked 0.25 s in, on the same connection: failed with it, 0.15 s later.
+        assert 0.1 < second < 0.3, second
+        assert connections == 1
+        third = await timed_failure(0.0)
+        assert 0.35 < third < 0.6, third
+        assert connections == 2
     finally:
         await store.close()
         server.close()

@@ -18,7 +18,7 @@ async def _unused(ctx: RequestContext) -> web.StreamResponse:
 def _context(
     timings: list[tuple[str, float, str]],
     upstream_wait: float,
-    policy_timings: list[tuple[str, float]] | None = None,
+    policy_timings: list[str] | None = None,
 ) -> RequestContext:
     clock = ManualClock()
     route = CompiledRoute("r", "/", ("GET",), "proxy", 0.05, _unused)
@@ -52,7 +52,7 @@ def test_several_calls_and_a_policy_that_waited() -> None:
     ctx = _context(
         [("user", 0.004, "ok"), ("recs", 0.05, "timeout")],
         0.05,
-        [("ratelimit", 0.00042)],
+        ["ratelimit;dur=0.42"],
     )
     value = server_timing(ctx, 0.052)
     assert parse_server_timing(value) == [
@@ -68,3 +68,15 @@ def test_the_gateways_own_time_is_never_negative() -> None:
     # Waits measured on a finer clock than the total can add up to a little more.
     ctx = _context([("users", 0.0101, "ok")], 0.0101)
     assert server_timing(ctx, 0.0100).endswith("gateway;dur=0.0, total;dur=10.0")
+
+
+def test_one_call_and_a_policy_that_waited() -> None:
+    ctx = _context([("users", 0.003, "ok")], 0.003, ["ratelimit;dur=0.21"])
+    assert server_timing(ctx, 0.004) == (
+        'users;dur=3.0;desc="ok", ratelimit;dur=0.21, gateway;dur=1.0, total;dur=4.0'
+    )
+
+
+def test_a_policy_that_waited_without_an_upstream_call() -> None:
+    ctx = _context([], 0.0, ["ratelimit;dur=0.21"])
+    assert server_timing(ctx, 0.001) == "ratelimit;dur=0.21, gateway;dur=1.0, total;dur=1.0"

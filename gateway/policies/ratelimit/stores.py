@@ -8,20 +8,14 @@ server's clock, expiry set in the same script.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any, Protocol
-
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from typing import Protocol
 
 from ...context import Clock
-from ...stores.base import StoreError
 from .arithmetic import EPSILON, Decision, Limit, Outcome, State, decide, expiry
+from .wire import RedisTarget, RedisWire
 
 
 class LimiterStore(Protocol):
@@ -112,38 +106,26 @@ _SCRIPT = resources.files(__package__).joinpath("limiter.lua").read_text()
 #: ``EVALSHA`` names the script by this digest: known without asking the server.
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
-#: A decision on its way: the command, when it fails (loop time), its answer's future.
-_Pending = tuple[bytes, float, "asyncio.Future[list[int]]"]
 _MAX_ENCODED_LIMIT_SETS = 1024
 
 
 class RedisLimiterStore:
-    """Decisions on Redis, sent in pipelines of pre-encoded commands.
+    """Decisions on Redis: pre-encoded commands on one pipelined connection (``wire``).
 
-    Each decision is one ``EVALSHA``. Decisions asked for while a batch is in flight
-    wait for it and then go together in the next one: under load many decisions share
-    one round trip, while a lone request goes out at once.
-
-    The command bytes are built here rather than by the client library's command
-    packer, whose per-command cost was most of a decision's: everything but the keys
-    (the script's digest, the limits' parameters, the cost) is encoded once per limit
-    set and reused. The library still owns the connection and parses the replies.
-
-    Every decision fails with ``StoreError`` at ``timeout`` after it was asked, also
-    when it queued behind a slow batch. That is kept by one timer for all of them (they
-    expire in the order they were asked), not one per request; a batch that outlives a
-    whole ``timeout`` on the wire drops the connection.
+    The command bytes are built here rather than by a client library's command packer,
+    whose per-command cost was most of a decision's: everything but the keys (the
+    script's digest, the limits' parameters, the cost) is encoded once per limit set
+    and reused. Each decision fails with ``StoreError`` at ``timeout`` after it was
+    asked (see ``RedisWire``).
     """
 
-    def __init__(self, client: aioredis.Redis, timeout: float) -> None:
-        self._redis = client
-        self._timeout = timeout
+    def __init__(self, wire: RedisWire) -> None:
+        self._wire = wire
+        #: ``send(command)``: the reply to a command of ``command()``, to be awaited (a
+        #: future, not a coroutine: the request awaits it with no frame of ours between).
+        #: The reply is ``decision_of``'s ``raw``. Fails with ``StoreError``.
+        self.send: Callable[[bytes], Awaitable[list[int]]] = wire.send
         self._sha = _SCRIPT_SHA
-        self._queue: list[_Pending] = []
-        self._flushing: asyncio.Task[None] | None = None
-        #: Every decision not yet answered, oldest first: what the reaper watches.
-        self._waiting: deque[_Pending] = deque()
-        self._reaper: asyncio.TimerHandle | None = None
         #: id(limits) -> (limits, the encoded arguments after the keys and the cost).
         #: Limit sets are made at config load; the bound only matters across reloads.
         self._encoded_limits: dict[int, tuple[Sequence[Limit], bytes]] = {}
@@ -152,17 +134,7 @@ class RedisLimiterStore:
 
     @classmethod
     def from_url(cls, url: str, timeout: float) -> RedisLimiterStore:
-        # One batch in flight at a time (see _flush): one connection, no pool to check
-        # out from and back into per command. No per-command socket timeout either
-        # (redis-py wraps every write in a task for it): _flush bounds each batch.
-        client = aioredis.from_url(
-            url,
-            socket_timeout=None,
-            socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-            single_connection_client=True,
-        )
-        return cls(client, timeout)
+        return cls(RedisWire(RedisTarget(url), timeout, _SCRIPT))
 
     async def warm_up(self, within: float) -> None:
         """Connect and load the script before the first request needs them.
@@ -171,13 +143,7 @@ class RedisLimiterStore:
         inside their ``timeout`` slice, and on a slow start they fall to the route's
         ``on_store_down``. Raises ``StoreError`` when Redis cannot be reached in time.
         """
-        try:
-            async with asyncio.timeout(within):
-                if self._redis.connection is None:
-                    await self._redis.initialize()
-                await self._redis.script_load(_SCRIPT)
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreError(f"redis: {str(exc) or 'no answer in time'}") from exc
+        await self._wire.warm_up(within)
 
     async def decide(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
         return await self.decide_command(self.command(keys, limits, cost), len(limits))
@@ -186,28 +152,7 @@ class RedisLimiterStore:
         """``decide`` with the command already made (``command``): the policy makes one
         per subject and reuses it, since keys, limits and cost are the same each time.
         ``count`` is the number of limits in it."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[int]] = loop.create_future()
-        entry = (command, loop.time() + self._timeout, future)
-        self._queue.append(entry)
-        self._waiting.append(entry)
-        if self._reaper is None:
-            self._reaper = loop.call_at(entry[1], self._reap)
-        if self._flushing is None:
-            self._flushing = loop.create_task(self._flush())
-        return _decision(await future, count)
-
-    def _reap(self) -> None:
-        """Fail the decisions whose time is up; wake again for the next one's."""
-        waiting = self._waiting
-        now = asyncio.get_running_loop().time()
-        while waiting and (waiting[0][2].done() or waiting[0][1] <= now):
-            _, _, future = waiting.popleft()
-            if not future.done():
-                future.set_exception(StoreError("redis did not answer in time"))
-        self._reaper = (
-            asyncio.get_running_loop().call_at(waiting[0][1], self._reap) if waiting else None
-        )
+        return decision_of(await self.send(command), count)
 
     def command(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> bytes:
         """``EVALSHA sha n key... cost limit-args...`` in RESP, encoded."""
@@ -235,82 +180,8 @@ class RedisLimiterStore:
         parts.append(encoded[1])
         return b"".join(parts)
 
-    async def _flush(self) -> None:
-        batch: list[_Pending] = []
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                batch = [entry for entry in batch if not entry[2].done()]  # reaped
-                if not batch:
-                    continue
-                try:
-                    async with asyncio.timeout(self._timeout):
-                        await self._send(batch)
-                except TimeoutError:
-                    # The connection may hold half an answer: drop it, fail the batch.
-                    connection = self._redis.connection
-                    if connection is not None:
-                        await connection.disconnect(nowait=True)
-                    _fail(batch, StoreError("redis did not answer in time"))
-                batch = []
-        finally:
-            self._flushing = None
-            # Cancelled (closing) or a bug: nobody may be left waiting for an answer.
-            stopped = StoreError("the limiter store stopped")
-            _fail(batch, stopped)
-            _fail(self._queue, stopped)
-            self._queue = []
-
-    async def _send(self, batch: list[_Pending]) -> None:
-        try:
-            results = await self._round_trip(batch)
-            if any(isinstance(result, NoScriptError) for result in results):
-                # The server restarted (or was flushed): load the script again, once.
-                await self._redis.script_load(_SCRIPT)
-                results = await self._round_trip(batch)
-        except (RedisError, OSError) as exc:
-            _fail(batch, StoreError(f"redis: {exc}"))
-            return
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(StoreError(f"redis: {result}"))
-            else:
-                future.set_result(result)
-
-    async def _round_trip(self, batch: list[_Pending]) -> list[Any]:
-        """Send the batch's commands in one write; one reply (or error) per command."""
-        if self._redis.connection is None:
-            await self._redis.initialize()
-        connection = self._redis.connection
-        assert connection is not None
-        await connection.send_packed_command([command for command, _, _ in batch], False)
-        results: list[Any] = []
-        for _ in batch:
-            try:
-                results.append(await connection.read_response())
-            except ResponseError as exc:
-                results.append(exc)
-        return results
-
     async def close(self) -> None:
-        if self._flushing is not None:
-            self._flushing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flushing
-        if self._reaper is not None:
-            self._reaper.cancel()
-            self._reaper = None
-        _fail(list(self._waiting), StoreError("the limiter store stopped"))
-        self._waiting.clear()
-        await self._redis.aclose()
-
-
-def _fail(entries: list[_Pending], error: StoreError) -> None:
-    for _, _, future in entries:
-        if not future.done():
-            future.set_exception(error)
+        await self._wire.close()
 
 
 def _limit_args(limits: Sequence[Limit]) -> list[float | int]:
@@ -329,7 +200,9 @@ def _bulk_strings(args: Sequence[str | float | int]) -> bytes:
     return b"".join(out)
 
 
-def _decision(raw: list[int], count: int) -> Decision:
+def decision_of(raw: list[int], count: int) -> Decision:
+    """The script's reply as a ``Decision``: ``[admitted, then per limit admitted,
+    remaining, reset in µs, retry-after in µs]``."""
     outcomes = []
     for index in range(count):
         admitted, remaining, reset_us, retry_us = raw[1 + index * 4 : 5 + index * 4]

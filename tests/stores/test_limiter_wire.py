@@ -1,0 +1,251 @@
+"""The Redis limiter's own connection (``ratelimit/wire.py``), on real redis-servers:
+commands pipelined and answered in order, the URL's password, database, socket and TLS,
+a script cache flushed under load, and a Redis that answers late."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from redis.asyncio import Redis
+
+from gateway.policies.ratelimit.arithmetic import Limit
+from gateway.policies.ratelimit.stores import RedisLimiterStore
+from gateway.policies.ratelimit.wire import RedisTarget
+from gateway.stores.base import StoreError
+from tests.redis_server import RedisServer, _free_port
+
+MINUTE_RATE = 1 / 60  # one unit a minute: nothing refills during a test
+
+
+def rate(burst: int) -> Limit:
+    return Limit("burst", "rate", MINUTE_RATE, burst, 0.0)
+
+
+async def remaining(store: RedisLimiterStore, subject: str, burst: int) -> int:
+    decision = await store.decide([f"{{rl:{subject}}}:burst"], [rate(burst)], 1)
+    assert decision.admitted
+    return decision.outcomes[0].remaining
+
+
+@pytest.fixture
+async def inspect(private_redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(private_redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def test_decisions_asked_together_each_get_their_own_answer(
+    private_redis_server: RedisServer,
+) -> None:
+    store = RedisLimiterStore.from_url(private_redis_server.url, timeout=2.0)
+    try:
+        await store.warm_up(2.0)
+        # Subject n has a burst of n + 1, so its first decision leaves exactly n: an
+        # answer read for the wrong command shows.
+        answers = await asyncio.gather(*(remaining(store, f"s{n}", n + 1) for n in range(300)))
+        assert answers == list(range(300))
+        # And the next ones, asked one at a time, go out at once.
+        assert [await remaining(store, "alone", 3) for _ in range(3)] == [2, 1, 0]
+    finally:
+        await store.close()
+
+
+async def test_a_script_cache_flushed_under_load_is_loaded_again_once_per_batch(
+    private_redis_server: RedisServer, inspect: Redis
+) -> None:
+    store = RedisLimiterStore.from_url(private_redis_server.url, timeout=2.0)
+    try:
+        await store.warm_up(2.0)
+        await inspect.script_flush()
+        before = await inspect.info("commandstats")
+        answers = await asyncio.gather(*(remaining(store, f"f{n}", n + 1) for n in range(50)))
+        assert answers == list(range(50))
+        after = await inspect.info("commandstats")
+        loads = (
+            after["cmdstat_script|load"]["calls"]
+            - before.get("cmdstat_script|load", {"calls": 0})["calls"]
+        )
+        # Every NOSCRIPT in one chunk of replies shares one SCRIPT LOAD, sent ahead of
+        # the retried commands on the same connection.
+        assert 1 <= loads <= 3, loads
+    finally:
+        await store.close()
+
+
+async def test_the_urls_password_user_and_database_are_used(
+    private_redis_server: RedisServer,
+) -> None:
+    server = private_redis_server
+    assert server.command("ACL", "SETUSER", "limiter", "on", ">li-pass", "~*", "+@all") == b"+OK"
+    assert server.command("CONFIG", "SET", "requirepass", "s3cret") == b"+OK"
+    admin = Redis(host=server.host, port=server.port, password="s3cret", db=3)
+    try:
+        for subject, url in (
+            ("password", f"redis://:s3cret@{server.host}:{server.port}/3"),
+            ("user", f"redis://limiter:li-pass@{server.host}:{server.port}/3"),
+        ):
+            store = RedisLimiterStore.from_url(url, timeout=2.0)
+            try:
+                assert await remaining(store, subject, 5) == 4
+            finally:
+                await store.close()
+        assert await admin.exists("{rl:password}:burst", "{rl:user}:burst") == 2
+        wrong = RedisLimiterStore.from_url(
+            f"redis://:not-it@{server.host}:{server.port}/3", timeout=2.0
+        )
+        try:
+            with pytest.raises(StoreError) as caught:
+                await remaining(wrong, "nope", 5)
+            assert "WRONGPASS" in str(caught.value) or "invalid" in str(caught.value)
+            assert "not-it" not in str(caught.value)
+        finally:
+            await wrong.close()
+    finally:
+        await admin.aclose()
+
+
+async def test_a_unix_socket_url(tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(tmp_path / "unix", options={"unixsocket": str(socket_path)})
+    server.start()
+    try:
+        store = RedisLimiterStore.from_url(f"unix://{socket_path}?db=2", timeout=2.0)
+        try:
+            assert await remaining(store, "u", 5) == 4
+            assert await remaining(store, "u", 5) == 3
+        finally:
+            await store.close()
+        client = Redis(unix_socket_path=str(socket_path), db=2)
+        try:
+            assert await client.exists("{rl:u}:burst") == 1
+        finally:
+            await client.aclose()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "redis.crt", tmp_path / "redis.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_a_tls_url_verifies_the_server(tmp_path: Path, tls_files: tuple[Path, Path]) -> None:
+    cert_file, key_file = tls_files
+    tls_port = _free_port()
+    server = RedisServer(
+        tmp_path / "tls",
+        options={
+            "tls-port": str(tls_port),
+            "tls-cert-file": str(cert_file),
+            "tls-key-file": str(key_file),
+            "tls-ca-cert-file": str(cert_file),
+            "tls-auth-clients": "no",
+        },
+    )
+    server.start()
+    try:
+        base = f"rediss://127.0.0.1:{tls_port}/0"
+        trusted = RedisLimiterStore.from_url(f"{base}?ssl_ca_certs={cert_file}", timeout=2.0)
+        try:
+            assert await remaining(trusted, "t", 5) == 4
+        finally:
+            await trusted.close()
+        # The certificate is not one the system trusts: refused unless told otherwise.
+        untrusted = RedisLimiterStore.from_url(base, timeout=2.0)
+        try:
+            with pytest.raises(StoreError) as caught:
+                await remaining(untrusted, "t", 5)
+            assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+        finally:
+            await untrusted.close()
+        unverified = RedisLimiterStore.from_url(f"{base}?ssl_cert_reqs=none", timeout=2.0)
+        try:
+            assert await remaining(unverified, "t", 5) == 3
+        finally:
+            await unverified.close()
+    finally:
+        server.stop()
+
+
+async def test_a_stall_past_the_slice_fails_in_time_and_leaves_that_connection(
+    private_redis_server: RedisServer, inspect: Redis
+) -> None:
+    """Redis stops answering (``CLIENT PAUSE``, a real stall) past a decision's slice:
+    the decision fails in time and its connection is dropped rather than trusted
+    again; later decisions go on a new one and each reads its own answer."""
+    store = RedisLimiterStore.from_url(private_redis_server.url, timeout=0.3)
+    try:
+        await store.warm_up(2.0)
+        assert await remaining(store, "late", 5) == 4
+        connections = (await inspect.info("stats"))["total_connections_received"]
+        await inspect.client_pause(700, all=True)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="did not answer in time"):
+            await remaining(store, "late", 5)
+        assert 0.25 < time.monotonic() - started < 0.5
+        await asyncio.sleep(0.5)  # the pause is over
+        left = await remaining(store, "late", 5)
+        # The stalled command ran once the pause ended, or was dropped with its
+        # connection: 3 or 2 left.
+        assert left in (2, 3), left
+        assert await remaining(store, "late", 5) == left - 1
+        # One new connection: the limiter's (``inspect`` keeps its own).
+        now = (await inspect.info("stats"))["total_connections_received"]
+        assert now - connections == 1
+    finally:
+        await store.close()
+
+
+def test_the_url_is_read_once_and_its_password_never_shown() -> None:
+    target = RedisTarget("redis://user:pw-1@redis.internal:6380/4")
+    assert (target.host, target.port, target.path, target.ssl) == (
+        "redis.internal",
+        6380,
+        None,
+        None,
+    )
+    assert target.handshake == [
+        b"*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$4\r\npw-1\r\n",
+        b"*2\r\n$6\r\nSELECT\r\n$1\r\n4\r\n",
+    ]
+    assert "pw-1" not in target.describe()
+    with pytest.raises(ValueError):
+        RedisTarget("http://not-redis/")
