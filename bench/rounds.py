@@ -7,13 +7,13 @@ import statistics
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-#: The order of the closed-loop variants in round 1; each later round starts one further
-#: along (round 2 is o, i, d, j, p, g, h, k, l, n, m, c, d2, a, b), so no variant always
-#: runs first (straight after the warm-ups) or always last. d sits between i and j, with
-#: b, o, p, g and h next to them, and k next to l, n next to m (the first of each pair
-#: alternating), so that the runs behind the barred comparisons (d/b, o/d, p/d, g/d,
-#: h/d, i/d, j/d, l/k, n - m)
-#: are as close in time as the rotation allows.
+#: The order of the closed-loop variants in round 1; round 2 runs them backwards, round 3
+#: forwards again, and so on. d sits between i and j, with b, o, p, g and h next to
+#: them, k next to l, n next to m and q next to r, so that the runs behind the barred
+#: comparisons (d/b, o/d, p/d, g/d, h/d, i/d, j/d, l/k, n - m, r/q) are as close in time
+#: as the order allows, in every round: a rotation would split the pairs at its seam
+#: (i first and d last a minute later). Running backwards also swaps which of a pair
+#: goes first, so a machine that slows down steadily favours neither.
 ROUND_ORDER = (
     *("b", "o", "i", "d", "j", "p", "g", "h", "k", "l", "n", "m", "c", "d2"),
     *("q", "r", "a"),
@@ -57,11 +57,9 @@ def round_seconds(duration: float, rounds: int) -> int:
 
 
 def round_orders(keys: Sequence[str], rounds: int) -> list[list[str]]:
-    """``keys`` in ROUND_ORDER, rotated by one position per round."""
+    """``keys`` in ROUND_ORDER, every second round backwards."""
     base = [key for key in ROUND_ORDER if key in keys]
-    if not base:
-        return [[] for _ in range(rounds)]
-    return [base[r % len(base) :] + base[: r % len(base)] for r in range(rounds)]
+    return [base if r % 2 == 0 else base[::-1] for r in range(rounds)]
 
 
 def is_number(value: object) -> bool:

@@ -43,8 +43,8 @@ Variants (see bench/README.md for the reasoning):
 
 a to d2 and g to r are closed-loop throughput runs with wrk (``-t1 -c32``; k to n with
 a Lua script that POSTs their body). Their servers are all started once and measured in
-interleaved rounds (b, o, i, d, j, p, g, h, k, l, n, m, c, d2, q, r, a, the order rotated by
-one each round), each wrk run lasting duration/rounds seconds (rounded up, at least 3)
+interleaved rounds (b, o, i, d, j, p, g, h, k, l, n, m, c, d2, q, r, a, every second round
+backwards), each wrk run lasting duration/rounds seconds (rounded up, at least 3)
 after a single warm-up run per server. A shared machine's throughput drifts by 10-15 %
 within minutes, so comparing two variants measured minutes apart compares the machine
 too: each ratio (d/b, d/c, d2/b, g/d, h/d, i/d, j/d, l/k, n/m, o/d, p/d) and n's added latency and
