@@ -5,13 +5,16 @@ a script cache flushed under load, and a Redis that answers late."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -249,3 +252,142 @@ def test_the_url_is_read_once_and_its_password_never_shown() -> None:
     assert "pw-1" not in target.describe()
     with pytest.raises(ValueError):
         RedisTarget("http://not-redis/")
+    # Read by redis-py: its TLS options as it reads them, its refusals too.
+    tls = RedisTarget("rediss://10.0.0.5:6380/0?ssl_check_hostname=false&ssl_cert_reqs=optional")
+    assert tls.ssl is not None
+    assert (tls.ssl.check_hostname, tls.ssl.verify_mode) == (False, ssl.CERT_OPTIONAL)
+    assert RedisTarget("rediss://redis.internal/0").ssl.check_hostname  # type: ignore[union-attr]
+    with pytest.raises(ValueError):
+        RedisTarget("redis://redis.internal/0?path=/tmp/redis.sock")
+
+
+async def _swallowing_server() -> tuple[asyncio.Server, int, list[int]]:
+    """Accepts connections and never answers: a hung Redis (or a stalled path to one).
+    The list counts the connections made to it."""
+    connections = [0]
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        while await reader.read(4096):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], connections
+
+
+async def test_a_decision_asked_while_connecting_gets_a_deadline_of_its_own() -> None:
+    """The connection's handshake hangs (AUTH never answered), for longer than a slice.
+    A decision asked after the first one's slice ran out, still before the connection
+    is made, fails in its own slice: it does not join the first one's spent batch."""
+    server, port, _ = await _swallowing_server()
+    store = RedisLimiterStore.from_url(f"redis://:pw@127.0.0.1:{port}/0", timeout=0.1)
+    try:
+        first = asyncio.ensure_future(remaining(store, "a", 5))
+        await asyncio.sleep(0.15)
+        assert first.done()
+        assert isinstance(first.exception(), StoreError)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="did not answer in time"):
+            await remaining(store, "b", 5)
+        assert 0.05 < time.monotonic() - started < 0.2
+    finally:
+        await store.close()
+        server.close()
+
+
+async def _delaying_proxy(target_port: int, delay: float) -> tuple[asyncio.Server, int, list[int]]:
+    """A TCP proxy to ``target_port`` that holds every chunk ``delay`` seconds each
+    way: a link with a round trip of 2 x ``delay``. Counts its connections."""
+    connections = [0]
+
+    async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            await asyncio.sleep(delay)
+            sink.write(data)
+        sink.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections[0] += 1
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        await asyncio.gather(pump(reader, upstream_writer), pump(upstream_reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], connections
+
+
+async def test_a_connection_slower_to_make_than_a_slice_is_made_and_then_used(
+    private_redis_server: RedisServer,
+) -> None:
+    """A 200 ms round trip and a 300 ms slice: a decision fits, but connecting (TCP,
+    then AUTH and SELECT) does not. The first decision, which waited for the
+    connection, fails; the connection is made anyway and kept, and the next decisions
+    are answered on it."""
+    assert private_redis_server.command("CONFIG", "SET", "requirepass", "s3cret") == b"+OK"
+    proxy, port, connections = await _delaying_proxy(private_redis_server.port, 0.1)
+    store = RedisLimiterStore.from_url(f"redis://:s3cret@127.0.0.1:{port}/2", timeout=0.3)
+    try:
+        with pytest.raises(StoreError, match="did not answer in time"):
+            await remaining(store, "far", 5)
+        await asyncio.sleep(0.3)  # the connection is made meanwhile
+        left = await remaining(store, "far", 5)
+        assert left in (3, 4)  # the first one ran on Redis, late, or it did not
+        assert await remaining(store, "far", 5) == left - 1
+        assert connections[0] == 1
+    finally:
+        await store.close()
+        proxy.close()
+
+
+def test_the_store_follows_its_user_to_a_new_event_loop(private_redis_server: RedisServer) -> None:
+    store = RedisLimiterStore.from_url(private_redis_server.url, timeout=2.0)
+    assert asyncio.run(remaining(store, "loops", 5)) == 4
+    # The first loop is closed now, and its connection with it.
+    assert asyncio.run(remaining(store, "loops", 5)) == 3
+    asyncio.run(store.close())
+
+
+async def test_a_decision_asked_of_a_closed_store_fails_at_once(
+    private_redis_server: RedisServer,
+) -> None:
+    store = RedisLimiterStore.from_url(private_redis_server.url, timeout=2.0)
+    assert await remaining(store, "closed", 5) == 4
+    await store.close()
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="stopped"):
+        await remaining(store, "closed", 5)
+    assert time.monotonic() - started < 0.1
+
+
+def test_the_timeout_timer_does_not_spin_on_uvloops_millisecond_clock() -> None:
+    """uvloop's clock and timers count whole milliseconds, so the timer that fails late
+    decisions can fire a hair before a deadline. It must then count the deadline as
+    due, not set itself again for the same instant until the clock ticks."""
+
+    async def main() -> tuple[int, int]:
+        server, port, _ = await _swallowing_server()
+        store = RedisLimiterStore.from_url(f"redis://127.0.0.1:{port}/0", timeout=0.005)
+        wire = store._wire
+        wakes = [0]
+        reap = wire._reap
+
+        def counted() -> None:
+            wakes[0] += 1
+            reap()
+
+        wire._reap = counted  # type: ignore[method-assign]  # counts, then calls through
+        failures = 0
+        try:
+            for _ in range(30):
+                with contextlib.suppress(StoreError):
+                    await remaining(store, "spin", 5)
+                failures += 1
+        finally:
+            await store.close()
+            server.close()
+        return failures, wakes[0]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        failures, wakes = runner.run(main())
+    assert failures == 30
+    assert wakes <= 2 * failures, wakes

@@ -3,20 +3,22 @@
 A decision is one pre-encoded ``EVALSHA`` command. Through redis-py each one cost more
 Python than the rest of the request's rate limiting together: a task and a timeout
 context per batch, and per reply a chain of coroutines around the parser. Here the
-commands asked during one pass of the event loop go out in one write, on a connection
-that is never waited on: Redis answers in the order it was asked, so each reply,
-parsed by hiredis (the parser redis-py uses too), resolves the oldest command still on
-the wire. A lone request's command is written in the same loop pass it was asked in.
+commands asked during one turn of the event loop go out in one write at the start of
+the next turn, on a connection that is never waited on: Redis answers in the order it
+was asked, so each reply, parsed by hiredis (the parser redis-py uses too), resolves the
+oldest command still on the wire.
 
 Every command fails with ``StoreError`` once ``timeout`` has passed since it was asked,
-also one still waiting for a connection. One timer keeps that for all of them (they
-expire in the order they were asked). When the oldest command on the wire runs out of
-time the connection is dropped: Redis is hung or too slow to be of use, and its late
-replies must not be read as answers to newer commands. The next command connects again.
+also one still waiting for a connection. One timer keeps that for all of them, batch by
+batch. When a command on the wire runs out of time the connection is dropped: Redis is
+hung or too slow to be of use, and the connection is not trusted again. Connecting runs
+on a bound of its own (``CONNECT_TIMEOUT_S``): the commands waiting for it fail at their
+own deadlines, and the ones after find the connection made.
 
-The URL is read as redis-py reads it (``redis://``, ``rediss://``, ``unix://``, user,
-password and database); of its query options, the TLS ones are used
-(``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``).
+The URL is read by redis-py itself (``redis://``, ``rediss://`` with all of redis-py's
+``ssl_*`` options, ``unix://``, user, password and database): the same URL means the
+same server, certificate checks and credentials as for the health check, which uses
+redis-py.
 """
 
 from __future__ import annotations
@@ -29,13 +31,26 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.connection import (
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 
 from ...stores.base import StoreError
 
 #: A command on its way: its bytes, the future its reply resolves, and whether it was
 #: already sent again after a ``NOSCRIPT`` (it is not sent a third time).
 _Sent = tuple[bytes, "asyncio.Future[Any]", bool]
+
+#: How long a new connection may take, handshake included (TCP, TLS, AUTH, SELECT):
+#: longer than a decision may wait, or a link with a few ms of round trip could never
+#: connect again after a drop.
+CONNECT_TIMEOUT_S = 2.0
+#: uvloop's clock counts whole milliseconds, so a timer fires up to one early: a
+#: deadline this close is due (else the reaper would spin until the clock ticks).
+_CLOCK_SLACK_S = 0.001
 
 
 def encode_command(*args: str | bytes | int) -> bytes:
@@ -55,45 +70,39 @@ def _answered(batch: list[_Sent]) -> bool:
 
 
 class RedisTarget:
-    """Where and how to connect, read once from the URL."""
+    """Where and how to connect, read once from the URL by redis-py."""
 
     def __init__(self, url: str) -> None:
         params: dict[str, Any] = dict(parse_url(url))  # ValueError: a URL it cannot read
-        self.path: str | None = params.get("path")
-        if params.get("connection_class") is UnixDomainSocketConnection:
-            assert self.path is not None
-        self.host: str = params.get("host", "localhost")
-        self.port: int = int(params.get("port", 6379))
-        self.ssl = _ssl_context(params) if params.get("connection_class") is SSLConnection else None
-        #: Sent on every new connection before any decision: AUTH, SELECT.
+        kind = params.pop("connection_class", Connection)
+        try:
+            # Built, never connected: what redis-py makes of the URL's options.
+            settings = kind(**params)
+        except TypeError as exc:  # an option that does not go with the scheme
+            raise ValueError(f"redis URL: {exc}") from None
+        self.path: str | None = None
+        self.host = "localhost"
+        self.port = 6379
+        self.ssl: ssl.SSLContext | None = None
+        if isinstance(settings, UnixDomainSocketConnection):
+            self.path = settings.path
+        else:
+            assert isinstance(settings, Connection)
+            self.host, self.port = settings.host, int(settings.port)
+            if isinstance(settings, SSLConnection):
+                self.ssl = settings.ssl_context.get()
+        #: Sent on every new connection before any decision, together: AUTH, SELECT.
         self.handshake: list[bytes] = []
-        password = params.get("password")
+        password, username = settings.password, settings.username
         if password is not None:
-            username = params.get("username")
             auth = ("AUTH", username, password) if username else ("AUTH", password)
             self.handshake.append(encode_command(*auth))
-        db = int(params.get("db", 0) or 0)
-        if db:
-            self.handshake.append(encode_command("SELECT", db))
+        if settings.db:
+            self.handshake.append(encode_command("SELECT", int(settings.db)))
 
     def describe(self) -> str:
         """For errors: where, never the password."""
         return self.path or f"{self.host}:{self.port}"
-
-
-def _ssl_context(params: dict[str, Any]) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=params.get("ssl_ca_certs"))
-    certfile = params.get("ssl_certfile")
-    if certfile:
-        context.load_cert_chain(certfile, params.get("ssl_keyfile"))
-    required = str(params.get("ssl_cert_reqs", "required")).lower()
-    if required in ("none", "cert_none"):
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif required in ("optional", "cert_optional"):
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_OPTIONAL
-    return context
 
 
 class _Connection(asyncio.Protocol):
@@ -106,6 +115,8 @@ class _Connection(asyncio.Protocol):
         self._replies = hiredis.Reader()
         #: Commands written and not yet answered, oldest first.
         self.on_wire: deque[_Sent] = deque()
+        #: Loop time when it was ready for decisions (handshake done).
+        self.ready_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio's, only alike.
@@ -151,11 +162,13 @@ class RedisWire:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[None] | None = None
-        #: Commands asked in this loop pass (or while connecting), not yet written: a
-        #: batch, written in one go.
-        self._outgoing: list[_Sent] = []
+        #: The commands asked in this turn of the loop, written together at the start of
+        #: the next one (None: no write due yet).
+        self._batch: list[_Sent] | None = None
+        #: Commands of earlier turns waiting for a connection, oldest first.
+        self._waiting: list[_Sent] = []
         #: Every batch of the last ``timeout``, with when its commands fail, oldest
-        #: first. Its commands were asked within one loop pass: one deadline serves.
+        #: first. Its commands were asked in one turn: one deadline serves them all.
         self._deadlines: deque[tuple[float, list[_Sent]]] = deque()
         self._reaper: asyncio.TimerHandle | None = None
         self._closed = False
@@ -164,84 +177,100 @@ class RedisWire:
         """``command``'s reply, to be awaited: it fails with ``StoreError`` when Redis
         cannot be reached or does not answer within the timeout."""
         loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
+        if loop is None or loop.is_closed():
+            loop = self._bind()
         future: asyncio.Future[Any] = loop.create_future()
-        outgoing = self._outgoing
-        if not outgoing:
-            self._start_batch(loop)
-        outgoing.append((command, future, False))
+        if self._closed:
+            future.set_exception(StoreError("the limiter store stopped"))
+            return future
+        batch = self._batch
+        if batch is None:
+            batch = self._start_batch(loop)
+        batch.append((command, future, False))
         return future
 
-    def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The first command of a batch: its deadline, and its write at the end of this
-        loop pass, with every command asked in it."""
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        """The running loop. On a new one (the last one closed) everything made on the
+        old one is gone with it: start afresh."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._forget()
+            self._loop = loop
+        return loop
+
+    def _forget(self) -> None:
+        """Drop what belongs to a closed loop, without touching it."""
+        self._connection = None
+        self._connecting = None
+        self._batch = None
+        self._waiting = []
+        self._deadlines.clear()
+        self._reaper = None
+
+    def _start_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Sent]:
+        """This turn's batch: its deadline, and its write at the start of the next turn."""
+        batch: list[_Sent] = []
+        self._batch = batch
         deadline = loop.time() + self._timeout
-        self._deadlines.append((deadline, self._outgoing))
+        self._deadlines.append((deadline, batch))
         if self._reaper is None:
             self._reaper = loop.call_at(deadline, self._reap)
         loop.call_soon(self._write)
+        return batch
 
     async def warm_up(self, within: float) -> None:
         """Connect and load the script now, bounded by ``within`` rather than by the
         decisions' own timeout: a start may take longer than a decision may wait."""
+        self._bind()
         try:
             async with asyncio.timeout(within):
                 if self._connection is None:
                     self._connection = await self._open_and_greet()
-                await self._ask_on(self._connection, self._load_script)
+                else:
+                    await self._ask_on(self._connection, [self._load_script])
         except TimeoutError as exc:
             raise StoreError(f"redis at {self._target.describe()}: no answer in time") from exc
         except OSError as exc:
             raise StoreError(f"redis at {self._target.describe()}: {exc}") from exc
 
     def _write(self) -> None:
-        batch = self._outgoing
-        if not batch or self._closed:
+        batch = self._batch
+        self._batch = None
+        if batch is None or self._closed:
             return
         connection = self._connection
         if connection is None:
+            self._waiting += batch
             if self._connecting is None:
                 assert self._loop is not None
                 self._connecting = self._loop.create_task(self._connect())
-            return  # written once connected; later commands join this batch
-        self._outgoing = []
-        # A command that failed (its time ran out while connecting) or was cancelled
-        # (its client left) before it could go is not sent: it must not be charged.
-        if len(batch) == 1:
-            sent = batch[0]
-            if not sent[1].done():
-                connection.on_wire.append(sent)
-                connection.transport.write(sent[0])
-            return
-        live = [sent for sent in batch if not sent[1].done()]
-        if live:
-            connection.on_wire.extend(live)
-            connection.transport.write(b"".join([sent[0] for sent in live]))
+            return  # written once connected
+        _write_on(connection, batch)
 
     async def _connect(self) -> None:
-        """Connect for the commands waiting in ``_outgoing``, or fail them."""
+        """Connect for the commands in ``_waiting``, then write them, or fail them."""
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 connection = await self._open_and_greet()
-        except (OSError, TimeoutError, StoreError) as exc:
+        except Exception as exc:  # whatever it was (a bug too), the waiting must hear
             if isinstance(exc, StoreError):
                 error = exc
             else:
                 reason = str(exc) or "no answer in time"
                 error = StoreError(f"redis at {self._target.describe()}: {reason}")
-            self._fail_outgoing(error)
+            _fail(self._waiting, error)
+            self._waiting = []
             return
         finally:
             self._connecting = None
         self._connection = connection
-        self._write()
+        waiting, self._waiting = self._waiting, []
+        _write_on(connection, waiting)
 
     async def _open_and_greet(self) -> _Connection:
-        """A new connection, through its handshake (AUTH, SELECT)."""
+        """A new connection, through its handshake (AUTH, SELECT) and the script's load:
+        a new connection is often to a Redis that restarted, without the script."""
         loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
         target = self._target
         factory: Callable[[], _Connection] = lambda: _Connection(self)  # noqa: E731
         if target.path is not None:
@@ -253,19 +282,24 @@ class RedisWire:
         # uvloop may call ``connection_made`` a moment after this returns.
         connection.transport = transport
         try:
-            for command in target.handshake:
-                await self._ask_on(connection, command)
+            await self._ask_on(connection, [*target.handshake, self._load_script])
         except BaseException:
             connection.drop()
             raise
+        connection.ready_at = loop.time()
         return connection
 
-    async def _ask_on(self, connection: _Connection, command: bytes) -> Any:
-        """A handshake command on a connection not yet in use: its reply."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        connection.on_wire.append((command, future, True))
-        connection.transport.write(command)
-        return await future
+    async def _ask_on(self, connection: _Connection, commands: list[bytes]) -> list[Any]:
+        """Commands of the gateway's own (a handshake, a script load) sent together on
+        ``connection`` at once: their replies. An error reply raises ``StoreError``."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        for command in commands:
+            future: asyncio.Future[Any] = loop.create_future()
+            connection.on_wire.append((command, future, True))
+            futures.append(future)
+        connection.transport.write(b"".join(commands))
+        return [await future for future in futures]
 
     def answered_otherwise(self, sent: _Sent, reply: Any) -> None:
         """A reply that is not a decision: an error, or a handshake's or SCRIPT LOAD's."""
@@ -274,19 +308,21 @@ class RedisWire:
             if not future.done():
                 future.set_result(reply)
             return
-        if str(reply).startswith("NOSCRIPT") and not retried and not future.done():
-            # Redis restarted or its scripts were flushed: load the script, then send
-            # the command again, once. On one connection, in order: the load is done
-            # before the command runs, with no wait for its reply.
-            # The command keeps its first deadline: its first batch still holds it.
-            outgoing = self._outgoing
-            if not outgoing:
-                assert self._loop is not None
-                self._start_batch(self._loop)
-            if not outgoing or outgoing[0][0] is not self._load_script:
-                outgoing.insert(0, (self._load_script, self._unwatched_future(), True))
-            outgoing.append((command, future, True))
-            return
+        if str(reply).startswith("NOSCRIPT"):
+            # The scripts were flushed: load the script (also when this command's time
+            # is up: the next ones need it), then send the command again, once. On one
+            # connection, in order: the load is done before the command runs, with no
+            # wait for its reply. The command keeps its first deadline: its first batch
+            # still holds it.
+            assert self._loop is not None
+            batch = self._batch
+            if batch is None:
+                batch = self._start_batch(self._loop)
+            if not batch or batch[0][0] is not self._load_script:
+                batch.insert(0, (self._load_script, self._unwatched_future(), True))
+            if not retried and not future.done():
+                batch.append((command, future, True))
+                return
         if not future.done():
             future.set_exception(StoreError(f"redis: {reply}"))
 
@@ -314,35 +350,35 @@ class RedisWire:
         answering, this wakes about once per ``timeout``, not once per batch.)"""
         assert self._loop is not None
         deadlines = self._deadlines
-        now = self._loop.time()
-        expired = False
+        due = self._loop.time() + _CLOCK_SLACK_S
+        connection = self._connection
+        timeout = self._timeout
+        late_on_wire = False
         while deadlines:
             deadline, batch = deadlines[0]
-            if deadline <= now:
+            if deadline <= due:
+                failed = False
                 for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(StoreError("redis did not answer in time"))
-                        expired = True
+                        failed = True
+                # Asked while the connection was up, so written at once: Redis has not
+                # answered it for a whole slice. (One asked before, which waited for the
+                # connection, says nothing against it.)
+                if failed and connection is not None:
+                    late_on_wire = late_on_wire or deadline - timeout >= connection.ready_at
             elif not _answered(batch):
                 break  # the next wake is at its deadline
             deadlines.popleft()
-        connection = self._connection
-        if expired and connection is not None and connection.on_wire:
-            # The oldest command on the wire was failed just now, or before: this
-            # connection has been waiting on Redis for a whole slice.
-            oldest = connection.on_wire[0][1]
-            if oldest.done():
-                connection.drop()
+        if late_on_wire and connection is not None:
+            connection.drop()  # hung, or too slow to be of use: not trusted again
         self._reaper = self._loop.call_at(deadlines[0][0], self._reap) if deadlines else None
-
-    def _fail_outgoing(self, error: StoreError) -> None:
-        batch, self._outgoing = self._outgoing, []
-        for _, future, _ in batch:
-            if not future.done():
-                future.set_exception(error)
 
     async def close(self) -> None:
         self._closed = True
+        if self._loop is not None and self._loop.is_closed():
+            self._forget()  # its loop is gone, and everything with it
+            return
         if self._connecting is not None:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -351,11 +387,33 @@ class RedisWire:
             self._reaper.cancel()
             self._reaper = None
         stopped = StoreError("the limiter store stopped")
-        self._fail_outgoing(stopped)
+        _fail(self._batch or [], stopped)
+        _fail(self._waiting, stopped)
+        self._batch, self._waiting = None, []
         if self._connection is not None:
             self._connection.drop()
         for _, batch in self._deadlines:
-            for _, future, _ in batch:
-                if not future.done():
-                    future.set_exception(stopped)
+            _fail(batch, stopped)
         self._deadlines.clear()
+
+
+def _write_on(connection: _Connection, batch: list[_Sent]) -> None:
+    """``batch`` written on ``connection`` in one go. A command that failed (its time
+    ran out while it waited for a connection) or was cancelled (its client left) before
+    it could go is not sent: it must not be charged."""
+    if len(batch) == 1:
+        sent = batch[0]
+        if not sent[1].done():
+            connection.on_wire.append(sent)
+            connection.transport.write(sent[0])
+        return
+    live = [sent for sent in batch if not sent[1].done()]
+    if live:
+        connection.on_wire.extend(live)
+        connection.transport.write(b"".join([sent[0] for sent in live]))
+
+
+def _fail(batch: list[_Sent], error: StoreError) -> None:
+    for _, future, _ in batch:
+        if not future.done():
+            future.set_exception(error)
