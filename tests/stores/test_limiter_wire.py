@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gc
 import ipaddress
 import ssl
 import time
@@ -391,3 +392,31 @@ def test_the_timeout_timer_does_not_spin_on_uvloops_millisecond_clock() -> None:
         failures, wakes = runner.run(main())
     assert failures == 30
     assert wakes <= 2 * failures, wakes
+
+
+async def test_a_refused_handshake_leaves_no_failure_unread(
+    private_redis_server: RedisServer,
+) -> None:
+    """A wrong password refuses AUTH, then SELECT and SCRIPT LOAD sent with it: every
+    one of those replies is read, so none is reported as a failure nobody retrieved."""
+    assert private_redis_server.command("CONFIG", "SET", "requirepass", "right") == b"+OK"
+    loop = asyncio.get_running_loop()
+    unread: list[str] = []
+    loop.set_exception_handler(lambda _, context: unread.append(context["message"]))
+    try:
+
+        async def attempts() -> None:
+            url = f"redis://:wrong@127.0.0.1:{private_redis_server.port}/2"
+            store = RedisLimiterStore.from_url(url, timeout=0.5)
+            with pytest.raises(StoreError, match="WRONGPASS"):
+                await store.warm_up(1.0)
+            for _ in range(3):
+                with pytest.raises(StoreError, match="WRONGPASS"):
+                    await remaining(store, "refused", 5)
+            await store.close()
+
+        await attempts()
+        gc.collect()  # an unread failure is reported when its future is collected
+        assert unread == []
+    finally:
+        loop.set_exception_handler(None)

@@ -148,7 +148,9 @@ class _Connection(asyncio.Protocol):
         self._wire.lost(self, exc)
 
     def drop(self) -> None:
-        self.transport.close()
+        # Abort, not close: close waits to flush the write buffer, and against a
+        # stopped Redis its stale commands would wait for it, then run.
+        self.transport.abort()
         self._wire.lost(self, None)
 
 
@@ -299,7 +301,13 @@ class RedisWire:
             connection.on_wire.append((command, future, True))
             futures.append(future)
         connection.transport.write(b"".join(commands))
-        return [await future for future in futures]
+        # Every reply read, also after a failed one: a failure left unread would be
+        # logged as "never retrieved" (after a wrong password, two per attempt).
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
 
     def answered_otherwise(self, sent: _Sent, reply: Any) -> None:
         """A reply that is not a decision: an error, or a handshake's or SCRIPT LOAD's."""
