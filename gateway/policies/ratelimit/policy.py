@@ -184,8 +184,8 @@ class Limiter:
         if not breaker.allow():
             return None
         try:
-            # The store bounds each decision by ``redis_timeout`` itself (one timer for
-            # every decision rather than one per request).
+            # The store bounds each decision by ``redis_timeout`` itself (one deadline per
+            # batch of decisions, one timer for them all).
             raw = await redis.send(command)
         except StoreError:
             self.store_errors += 1

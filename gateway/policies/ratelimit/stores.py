@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ...context import Clock
 from .arithmetic import EPSILON, Decision, Limit, Outcome, State, decide, expiry
-from .wire import RedisTarget, RedisWire
+from .wire import RedisTarget, RedisWire, bulk_strings
 
 
 class LimiterStore(Protocol):
@@ -146,13 +146,8 @@ class RedisLimiterStore:
         await self._wire.warm_up(within)
 
     async def decide(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
-        return await self.decide_command(self.command(keys, limits, cost), len(limits))
-
-    async def decide_command(self, command: bytes, count: int) -> Decision:
-        """``decide`` with the command already made (``command``): the policy makes one
-        per subject and reuses it, since keys, limits and cost are the same each time.
-        ``count`` is the number of limits in it."""
-        return decision_of(await self.send(command), count)
+        # The policy makes each subject's command once and asks ``send`` itself.
+        return decision_of(await self.send(self.command(keys, limits, cost)), len(limits))
 
     def command(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> bytes:
         """``EVALSHA sha n key... cost limit-args...`` in RESP, encoded."""
@@ -160,16 +155,16 @@ class RedisLimiterStore:
         if encoded is None or encoded[0] is not limits:
             if len(self._encoded_limits) >= _MAX_ENCODED_LIMIT_SETS:
                 self._encoded_limits.clear()  # old reloads' limit sets; rebuilt on demand
-            encoded = (limits, _bulk_strings(_limit_args(limits)))
+            encoded = (limits, bulk_strings(_limit_args(limits)))
             self._encoded_limits[id(limits)] = encoded
         head = self._heads.get(len(keys))
         if head is None:
             count = 3 + len(keys) + 1 + 4 * len(limits)
-            head = b"*%d\r\n$7\r\nEVALSHA\r\n" % count + _bulk_strings([self._sha, len(keys)])
+            head = b"*%d\r\n$7\r\nEVALSHA\r\n" % count + bulk_strings([self._sha, len(keys)])
             self._heads[len(keys)] = head
         cost_bytes = self._costs.get(cost)
         if cost_bytes is None:
-            cost_bytes = self._costs[cost] = _bulk_strings([cost])
+            cost_bytes = self._costs[cost] = bulk_strings([cost])
         parts = [head]
         for key in keys:
             # A subject taken from a request header may hold bytes that are not UTF-8
@@ -189,15 +184,6 @@ def _limit_args(limits: Sequence[Limit]) -> list[float | int]:
     for limit in limits:
         args += [1 if limit.kind == "rate" else 2, limit.amount, limit.burst, limit.period]
     return args
-
-
-def _bulk_strings(args: Sequence[str | float | int]) -> bytes:
-    """RESP bulk strings; numbers as the client library encodes them (``repr``)."""
-    out = []
-    for arg in args:
-        raw = (arg if isinstance(arg, str) else repr(arg)).encode()
-        out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
-    return b"".join(out)
 
 
 def decision_of(raw: list[int], count: int) -> Decision:

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -53,12 +53,18 @@ CONNECT_TIMEOUT_S = 2.0
 _CLOCK_SLACK_S = 0.001
 
 
-def encode_command(*args: str | bytes | int) -> bytes:
+def encode_command(*args: str | bytes | float) -> bytes:
     """A command in RESP: an array of bulk strings."""
-    out = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n" % len(args) + bulk_strings(args)
+
+
+def bulk_strings(args: Sequence[str | bytes | float]) -> bytes:
+    """RESP bulk strings; numbers as redis-py encodes them (``repr``)."""
+    out = []
     for arg in args:
-        raw = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+        if not isinstance(arg, bytes):
+            arg = (arg if isinstance(arg, str) else repr(arg)).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
     return b"".join(out)
 
 
