@@ -10,6 +10,9 @@ are kept non-cumulative and summed at scrape time.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
+from collections.abc import Sequence
+from itertools import repeat
 
 from prometheus_client.utils import floatToGoString
 
@@ -61,6 +64,13 @@ class Histogram:
         # bisect_left: the first bound >= value, which is Prometheus's ``le``.
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
+
+    def observe_all(self, values: Sequence[float]) -> None:
+        """``observe`` each of ``values``: bucketed and counted in C, for a batch."""
+        counts = self.counts
+        for bucket, count in Counter(map(bisect_left, repeat(self.bounds), values)).items():
+            counts[bucket] += count
+        self.sum += sum(values)
 
     def copy(self) -> Histogram:
         twin = Histogram(self.bounds)
