@@ -22,7 +22,7 @@ from .context import Clock, Deadline, RequestContext, SystemClock
 from .errors import GatewayError, HeadersTooLarge, problem_body, problem_response
 from .metrics.endpoint import metrics_handler
 from .metrics.recorder import RouteRecorders
-from .observability import SERVER_NAME, AccessLog, RequestIds, access_line, stamp_response
+from .observability import SERVER_NAME, AccessLog, RequestIds, stamp_response
 from .paths import normalise_path
 from .policies.auth.services import AuthServices, needs_auth
 from .policies.cache.bus import InvalidationBus
@@ -383,18 +383,16 @@ class Gateway:
         if recorder is not None:
             recorder.record(status, elapsed, ctx)
         if access_log.enabled:
-            access_log.record(
-                access_line(
-                    clock.wall(),
-                    request_id,
-                    request.method,
-                    path,
-                    route_name,
-                    status,
-                    elapsed,
-                    ctx.timings if ctx is not None else None,
-                    trace.trace_id if trace is not None else None,
-                )
+            access_log.add(
+                clock.wall(),
+                request_id,
+                request.method,
+                path,
+                route_name,
+                status,
+                elapsed,
+                ctx.timings if ctx is not None else None,
+                trace.trace_id if trace is not None else None,
             )
         return response
 
