@@ -41,30 +41,32 @@ Variants (see bench/README.md for the reasoning):
     e   the gateway's five-way fan-out, open loop at 200 requests/s
     f   the same with one optional backend slow (500 ms), open loop at 100 requests/s
 
-a to d2 and g to r are closed-loop throughput runs with wrk (``-t1 -c32``; k to n with
-a Lua script that POSTs their body). Their servers are all started once and measured in
-interleaved rounds (b, o, i, d, j, p, g, h, k, l, n, m, c, d2, q, r, a, every second round
-backwards), each wrk run lasting duration/rounds seconds (rounded up, at least 3)
-after a single warm-up run per server. A shared machine's throughput drifts by 10-15 %
-within minutes, so comparing two variants measured minutes apart compares the machine
-too: each ratio (d/b, d/c, d2/b, g/d, h/d, i/d, j/d, l/k, n/m, o/d, p/d) and n's added latency and
-CPU (n - m) are computed within each round and the median over the rounds is reported,
-as is each variant's median rps, latency and CPU per request. k to n proxy to a second
-sample service, ``orders``, on the load core next to the ``users`` one. g's key and h's
-OAuth client are created with the gateway's CLI in a temporary credential store; before
-measuring, g and h must answer 200 with their credential and 401 without it or with a
-tampered one; i and j must answer 200 with ``RateLimit-Policy`` and ``RateLimit`` (j
-also with ``ratelimit;dur=`` in ``Server-Timing``). A run with any non-2xx answer (401s
-and 502s are fast) puts its variant in error, and so does a run of j with fewer Redis
-decisions (EVALSHAs counted by the redis-server) than responses: a request admitted
-without one (``fail_open``) is fast too. (wrk counts answers over 399 only, so p's
-304s are accepted; o's and p's second probe GET must be ``Cache-Status: gateway; hit``
-with an ETag, and p's probe, before measuring and after each run, a 304 with no body.)
-k to n must answer 201; l must replay a repeated key
-(``Idempotent-Replayed: true``, no upstream call) and k must not; n must refuse with 422
-a body that breaks its schema, which m passes on; and each run of k to n must have
-created at least one order upstream per response (the orders service numbers them):
-fewer would mean replays, fast answers that skip the upstream.
+a to d2 and g to r are closed-loop throughput runs with wrk (``-t1 -c32``; k to n with a
+Lua script that POSTs their body). Their servers are measured in interleaved rounds (b,
+o, i, d, j, p, g, h, k, l, n, m, c, d2, q, r, a, every second round backwards), each wrk
+run lasting duration/rounds seconds (rounded up, at least 3) after a 1 s warm-up run per
+server and round. Each round has server processes of its own, started again before it:
+two processes of one config run a few per cent apart for as long as they live, a gap a
+pair's ratio would otherwise carry through every round. A shared machine's throughput
+drifts by 10-15 % within minutes, so comparing two variants measured minutes apart
+compares the machine too: each ratio (d/b, d/c, d2/b, g/d, h/d, i/d, j/d, l/k, n/m, o/d,
+p/d) and n's added latency and CPU (n - m) are computed within each round and the median
+over the rounds is reported, as is each variant's median rps, latency and CPU per
+request. k to n proxy to a second sample service, ``orders``, on the load core next to
+the ``users`` one. g's key and h's OAuth client are created with the gateway's CLI in a
+temporary credential store; before measuring, g and h must answer 200 with their
+credential and 401 without it or with a tampered one; i and j must answer 200 with
+``RateLimit-Policy`` and ``RateLimit`` (j also with ``ratelimit;dur=`` in
+``Server-Timing``). A run with any non-2xx answer (401s and 502s are fast) puts its
+variant in error, and so does a run of j with fewer Redis decisions (EVALSHAs counted by
+the redis-server) than responses: a request admitted without one (``fail_open``) is fast
+too. (wrk counts answers over 399 only, so p's 304s are accepted; o's and p's second
+probe GET must be ``Cache-Status: gateway; hit`` with an ETag, and p's probe, before
+measuring and after each run, a 304 with no body.) k to n must answer 201; l must replay
+a repeated key (``Idempotent-Replayed: true``, no upstream call) and k must not; n must
+refuse with 422 a body that breaks its schema, which m passes on; and each run of k to n
+must have created at least one order upstream per response (the orders service numbers
+them): fewer would mean replays, fast answers that skip the upstream.
 
 e and f are open-loop latency runs with ``gateway.loadgen``. The server under test gets
 a CPU core of its own; the load generator and the sample upstream services share the
@@ -193,6 +195,7 @@ from bench.variants import (
     RATE_LIMITED,
     REDIS_TIMEOUT,
     RESULTS,
+    ROUND_WARMUP_S,
     SLOW_RATE,
     USER_PATH,
     VALIDATION_OPEN_MIN_S,
@@ -253,6 +256,11 @@ class Run:
     def start_server(self, name: str, command: Sequence[str]) -> Proc:
         """Like ``server`` for one that outlives a block: stopped by its owner or at exit."""
         return self.procs.start(name, self.cores.wrap(command, self.cores.server))
+
+    def launch(self, target: Target, name: str, command: Sequence[str]) -> None:
+        """Start ``target``'s server, remembering how: each round starts it afresh."""
+        target.command = list(command)
+        target.proc = self.start_server(name, command)
 
     def record_pinning(self, proc: Proc, role: str) -> None:
         pids = [proc.pid, *child_pids(proc.pid)]
@@ -356,10 +364,10 @@ class Run:
     def _start_targets(self) -> list[Target]:
         """Every selected server, started at once and then checked one by one.
 
-        They all stay up for the whole of the rounds: an idle asyncio server or nginx
-        costs no CPU (the gateway's health checks are passive), and restarting them
-        per round would measure cold servers. Their CPU is still watched
-        (``idle_servers``) to show they stayed idle.
+        They all stay up through a round: an idle asyncio server or nginx costs no CPU
+        (the gateway's health checks are passive). Their CPU is still watched
+        (``idle_servers``) to show they stayed idle. ``_start_afresh`` starts them
+        again before each later round, and each round warms them up first.
         """
         targets: list[Target] = []
         users = self.upstreams.get("users")
@@ -442,7 +450,9 @@ class Run:
                 command = [PYTHON, "-m", "gateway", "run", "-c", str(config)]
                 proc = self.start_server(name, command)
             status = 304 if key == "p" else 200
-            targets.append(Target(key, url, port, proc, access_log, status=status))
+            targets.append(
+                Target(key, url, port, proc, access_log, status=status, command=list(command))
+            )
         for target in targets:
             if target.error is not None:
                 continue
@@ -471,7 +481,7 @@ class Run:
         else:
             target.client = create_client(config)
         command = [PYTHON, "-m", "gateway", "run", "-c", str(config)]
-        target.proc = self.start_server(name, command)
+        self.launch(target, name, command)
         return target
 
     def _start_limited_gateway(self, target: Target, upstream: str) -> None:
@@ -494,7 +504,7 @@ class Run:
             self.workdir / name, target.port, upstream, "off", rate_limits=spec
         )
         command = [PYTHON, "-m", "gateway", "run", "-c", str(config)]
-        target.proc = self.start_server(name, command)
+        self.launch(target, name, command)
 
     def _start_orders_gateway(self, target: Target) -> None:
         """k to n: the POST route to the orders service; l with idempotency keys, n with
@@ -521,7 +531,7 @@ class Run:
             validation={"body": ORDER_SCHEMA} if key == "n" else None,
         )
         command = [PYTHON, "-m", "gateway", "run", "-c", str(config)]
-        target.proc = self.start_server(name, command)
+        self.launch(target, name, command)
 
     def _check_orders(self, target: Target) -> None:
         """k to n answer their POST with 201 (and Server-Timing: the gateway's answer).
@@ -655,19 +665,33 @@ class Run:
         self.orders = round_orders(list(live), self.rounds)
         if not live:
             return
-        # One warm-up per server, before the first round: connections, caches and code
-        # paths warm. Later rounds find them still warm, the servers having stayed up.
-        for key in self.orders[0]:
-            self.say(f"[{key}] {NAMES[key]}: warm-up {WARMUP_S:g}s")
-            target = live[key]
-            warm_up = functools.partial(
-                wrk, target.url, WARMUP_S, self.cores, target.headers, *target.next_script()
-            )
-            text = self._guard(target, warm_up)
-            if text is not None and target.unique_keys:
-                with contextlib.suppress(BenchError):
-                    target.warmup_requests = parse_wrk(text)["requests"]
         for number, order in enumerate(self.orders, start=1):
+            if number > 1:
+                # Every round measures server processes of its own: two processes of
+                # one program, same config, run a few per cent apart for as long as
+                # they live (memory layout, hash seed), which a pair's ratio would
+                # otherwise carry through every round.
+                self._start_afresh([live[key] for key in order])
+            # A warm-up run per server, discarded, before the round's measured runs:
+            # connections, caches and code paths warm.
+            for key in order:
+                target = live[key]
+                if target.error is not None:
+                    continue
+                self.say(f"[round {number}/{self.rounds}] [{key}] warm-up {ROUND_WARMUP_S:g}s")
+                warm_up = functools.partial(
+                    wrk,
+                    target.url,
+                    ROUND_WARMUP_S,
+                    self.cores,
+                    target.headers,
+                    *target.next_script(),
+                )
+                text = self._guard(target, warm_up)
+                target.stored_keys = 0
+                if text is not None and target.unique_keys:
+                    with contextlib.suppress(BenchError):
+                        target.stored_keys = parse_wrk(text)["requests"] or 0
             for position, key in enumerate(order, start=1):
                 target = live[key]
                 if target.error is not None:
@@ -700,7 +724,25 @@ class Run:
                 measure = functools.partial(self._measure, target, watch, upstream)
                 result = self._guard(target, measure)
                 if result is not None:
+                    if target.unique_keys:
+                        result["records_stored_before"] = target.stored_keys
+                        target.stored_keys += result["requests"] or 0
                     target.runs.append({"round": number, "position": position, **result})
+
+    def _start_afresh(self, targets: Sequence[Target]) -> None:
+        """Stop the servers under test and start each again as it first was, then
+        check it as before the first round (h fetches a new token, p a new ETag)."""
+        restarted = [
+            (target, target.proc, target.command)
+            for target in targets
+            if target.error is None and target.proc is not None and target.command is not None
+        ]
+        for _, proc, _ in restarted:
+            self.procs.stop(proc)
+        for target, proc, command in restarted:
+            target.proc = self.start_server(proc.name, command)
+        for target, _, _ in restarted:
+            self._guard(target, functools.partial(self._check, target))
 
     @staticmethod
     def _redis_watch(targets: Sequence[Target]) -> dict[str, list[int]]:
@@ -813,13 +855,13 @@ class Run:
                 result["orders_created"] = sum(run.get("orders_created", 0) for run in target.runs)
         if target.key == "l":
             result["idempotency"] = BENCH_IDEMPOTENCY
-            # Every request left a record (none expire within a run): how many, about
-            # (wrk's responses; a few in flight at each run's end are not counted).
-            keys = target.warmup_requests or 0
-            for run in target.runs:
-                run["records_stored_before"] = keys
-                keys += run.get("requests") or 0
-            result["records_stored"] = keys
+            # Every request left a record (none expire within a run), in the process
+            # of its round: the most one held, about (wrk's responses; a few in flight
+            # at each run's end are not counted).
+            result["records_stored"] = max(
+                (run["records_stored_before"] + (run.get("requests") or 0) for run in target.runs),
+                default=0,
+            )
         if target.key == "n":
             result["validation"] = {"body": ORDER_SCHEMA}
         if target.access_log is not None and target.runs:
@@ -1216,6 +1258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "round_s": run.round_s,
         "round_orders": run.orders,
         "warmup_s": WARMUP_S,
+        "round_warmup_s": ROUND_WARMUP_S,
         "elapsed_s": round(time.monotonic() - started, 1),
         "machine": machine_info(cores),
         "variants": run.variants,

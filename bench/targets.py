@@ -40,14 +40,18 @@ class Target:
     unique_keys: bool = False
     #: wrk runs so far (the warm-up included): the prefix of each run's keys.
     wrk_runs: int = 0
-    #: Requests answered in the warm-up run (l: records it left in the memory store).
-    warmup_requests: int | None = None
+    #: l: records in its memory store, counted from wrk's responses since the server
+    #: last started (its warm-up's included).
+    stored_keys: int = 0
     #: The status every answer must have: 200, or p's 304 (its If-None-Match matches).
     status: int = 200
     #: o, p: the Cache-Status of the probe's second GET (a hit).
     cache_status: str | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    #: How ``proc`` was started (its command line, not yet pinned): each round starts
+    #: it again, the same way.
+    command: list[str] | None = None
 
     def next_script(self) -> tuple[Path | None, list[str]]:
         """The Lua script and its arguments for the next wrk run: with unique keys, a

@@ -84,6 +84,8 @@ ORDERS_PATH = "/orders"
 WRK_THREADS = 1
 WRK_CONNECTIONS = 32
 WARMUP_S = 2.0
+#: The closed-loop variants' warm-up run, before each round, on servers just started.
+ROUND_WARMUP_S = 1.0
 FANOUT_BUDGET_MS = 50
 FANOUT_RATE = 200.0
 SLOW_RATE = 100.0
