@@ -166,11 +166,12 @@ class FanoutHandler:
         pool = backend.pool
         try:
             async with asyncio.timeout(allowed):
-                async with pool.session.request(
-                    backend.method, url, headers=headers, allow_redirects=False
-                ) as response:
+                response = await pool.send(backend.method, url, headers, allow_redirects=False)
+                try:
                     body = await response.read()
-                    status = response.status
+                finally:
+                    response.release()
+                status = response.status
         except TimeoutError:
             pool.report_failure(target)
             return Outcome(backend.name, None, "timeout", "timed out", clock.monotonic() - started)

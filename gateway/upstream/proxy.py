@@ -248,17 +248,21 @@ class ProxyHandler:
         client_timeout: aiohttp.ClientTimeout,
     ) -> aiohttp.ClientResponse:
         request = ctx.request
-        if self._host_mode == "client":
+        host_mode = self._host_mode
+        if host_mode == "target":
+            # Set here, the request need not work it out from the URL.
+            headers["Host"] = target.host
+        elif host_mode == "client":
             headers["Host"] = request.headers.get("Host", target.host)
-        elif self._host_mode != "target":
-            headers["Host"] = self._host_mode
+        else:
+            headers["Host"] = host_mode
         url = URL(target.origin + path_and_query, encoded=True)
         pool = self._pool
         try:
-            return await pool.session.request(
+            return await pool.send(
                 request.method,
                 url,
-                headers=headers,
+                headers,
                 data=body,
                 allow_redirects=False,
                 timeout=client_timeout,

@@ -379,6 +379,36 @@ async def test_round_robin_and_passive_health(aiohttp_server, start_gateway, htt
     assert abs(seen.count("first") - seen.count("second")) <= 2
 
 
+async def test_a_retried_request_carries_the_new_targets_host(
+    aiohttp_server, start_gateway, http
+) -> None:
+    """The headers made for the first target are sent again to the second: its own
+    ``Host`` replaces the first one's, and nothing else the first attempt set is doubled."""
+    from tests.conftest import free_port
+
+    upstream = await aiohttp_server(echo_app())
+    origin = str(upstream.make_url("")).rstrip("/")
+    dead = f"http://127.0.0.1:{free_port()}"
+    gw = await start_gateway(
+        f"""
+        upstreams:
+          pair:
+            targets: [{dead}, {origin}]
+            health: {{max_failures: 1, cooldown: 30s}}
+        routes:
+          - path: /v1/echo/{{id}}
+            proxy: {{upstream: pair}}
+        """
+    )
+    # Round robin starts with the dead target: the first request is the retried one.
+    async with http.get(f"{gw.url}/v1/echo/1") as response:
+        assert response.status == 200
+        payload = orjson.loads(await response.read())
+    assert header_values(payload, "Host") == [origin.removeprefix("http://")]
+    for name in ("X-Request-Id", "Via", "X-Forwarded-For", "traceparent", "Gateway-Budget-Ms"):
+        assert len(header_values(payload, name)) == 1, name
+
+
 async def test_request_id_kept_when_sane(aiohttp_server, start_gateway, http) -> None:
     upstream = await aiohttp_server(echo_app())
     gw = await start_gateway(routes_for(str(upstream.make_url(""))))
