@@ -31,6 +31,9 @@ class Template:
     # The template with parameter names erased: two templates of one shape match the
     # same requests, so the config refuses a second route on the same shape and method.
     shape: str
+    # Where each parameter of ``segments`` sits, and its name: what ``_bind`` reads.
+    positions: tuple[int, ...] = ()
+    names: tuple[str, ...] = ()
 
     @property
     def is_static(self) -> bool:
@@ -82,6 +85,8 @@ def compile_template(path: str) -> Template:
         tail=tail,
         params=tuple(params),
         shape="/" + "/".join(shape),
+        positions=tuple(i for i, name in enumerate(params_at) if name is not None),
+        names=tuple(name for name in params_at if name is not None),
     )
 
 
@@ -158,7 +163,9 @@ class Router(Generic[T]):
             if value is not None:
                 return value, {}
         segments = path[1:].split("/")
-        found = self._walk(self._root, segments, 0, method)
+        found = self._first_path(segments, method)
+        if found is None:
+            found = self._walk(self._root, segments, 0, method)
         if found is not None:
             return found.by_method[method], _bind(found.template, segments)
         # The slow path, only for errors: which methods would have matched?
@@ -168,6 +175,25 @@ class Router(Generic[T]):
         if not allow:
             raise NotFound(f"no route for {path}")
         raise MethodNotAllowed(f"{method} is not allowed on {path}", allow=tuple(sorted(allow)))
+
+    def _first_path(self, segments: list[str], method: str) -> _Endpoint[T] | None:
+        """The first path ``_walk`` tries (a literal before a parameter, a parameter
+        before a tail), followed without going back: when it ends at an endpoint with
+        the method, that is ``_walk``'s answer too, found in one frame instead of one
+        per segment. None sends the request to ``_walk``, which does go back."""
+        node = self._root
+        for segment in segments:
+            child = node.literal.get(segment)
+            if child is None:
+                child = node.param
+                if child is None or not segment:
+                    tail = node.tail
+                    if tail is not None and segment and method in tail.by_method:
+                        return tail
+                    return None
+            node = child
+        endpoint = node.endpoint
+        return endpoint if endpoint is not None and method in endpoint.by_method else None
 
     def _walk(
         self, node: _Node[T], segments: list[str], index: int, method: str
@@ -210,11 +236,8 @@ class Router(Generic[T]):
 
 
 def _bind(template: Template, segments: list[str]) -> dict[str, str]:
-    params = {
-        name: segments[position]
-        for position, name in enumerate(template.params_at)
-        if name is not None
-    }
+    # zip and map in C: a comprehension is a frame of its own on every request.
+    params = dict(zip(template.names, map(segments.__getitem__, template.positions), strict=True))
     if template.tail is not None:
         params[template.tail] = "/".join(segments[len(template.params_at) :])
     return params

@@ -58,10 +58,7 @@ def request_drop_set(identity_headers: frozenset[str], trust_forwarded: bool) ->
 _DROP_DOWN = HOP_BY_HOP | {"content-length"}
 
 
-def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
-    value = headers.get("Connection")
-    if not value:
-        return frozenset()
+def _connection_tokens(value: str) -> frozenset[str]:
     return frozenset(token.strip().lower() for token in value.split(","))
 
 
@@ -97,7 +94,9 @@ def upstream_request_headers(
             _append(out, incoming, "Forwarded", element)
         else:
             out["Forwarded"] = element
-    _append(out, incoming, "Via", f"{http_version} {via}")
+    # Via is on every request: extended here rather than through _append's frame.
+    before = incoming.get("Via")
+    out["Via"] = f"{before}, {http_version} {via}" if before else f"{http_version} {via}"
     return out
 
 
@@ -105,7 +104,8 @@ def downstream_response_headers(
     upstream: CIMultiDictProxy[str], via: str, http_version: str
 ) -> CIMultiDict[str]:
     out = _copy_except(upstream, _DROP_DOWN)
-    _append(out, upstream, "Via", f"{http_version} {via}")
+    before = upstream.get("Via")
+    out["Via"] = f"{before}, {http_version} {via}" if before else f"{http_version} {via}"
     return out
 
 
@@ -115,9 +115,11 @@ def _copy_except(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMult
     Copied whole in C, then the few names to drop that are present removed (the keys
     view's ``&`` is case-insensitive): a loop over every header in Python cost more.
     """
-    named = _connection_tokens(headers)
+    connection = headers.get("Connection")
+    if connection:
+        drop = drop | _connection_tokens(connection)
     out: CIMultiDict[str] = CIMultiDict(headers)
-    for name in headers.keys() & (drop | named if named else drop):
+    for name in headers.keys() & drop:
         out.popall(name, None)
     return out
 

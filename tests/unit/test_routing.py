@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
+
 import pytest
 
 from gateway.errors import MethodNotAllowed, NotFound
@@ -260,3 +263,36 @@ def test_explicit_head_replaces_the_implied_one_in_any_order() -> None:
         router = router_of(*(routes[i] for i in order))
         assert router.match("HEAD", "/h") == ("head", {})
         assert router.match("GET", "/h") == ("get", {})
+
+
+# -- the one-frame first path ---------------------------------------------------------------
+
+
+def test_the_first_path_never_answers_other_than_the_full_walk() -> None:
+    """``_first_path`` is a shortcut of ``_walk``: whenever it finds an endpoint, it is
+    the one the backtracking walk finds. Checked over random route sets and paths."""
+    rng = random.Random(7)
+    words = ["a", "b", "c"]
+
+    def template() -> str:
+        parts = [rng.choice([*words, "{p%d}"]) for _ in range(rng.randint(1, 3))]
+        parts = [part % index if "%" in part else part for index, part in enumerate(parts)]
+        if rng.random() < 0.3:
+            parts.append("{rest:path}")
+        return "/" + "/".join(parts)
+
+    shortcuts = 0
+    for _ in range(300):
+        router: Router[str] = Router()
+        for _ in range(rng.randint(1, 6)):
+            path, method = template(), rng.choice(["GET", "POST"])
+            with contextlib.suppress(ValueError):  # the same method on one shape twice
+                router.add(compile_template(path), [method], f"{method} {path}")
+        for _ in range(20):
+            segments = [rng.choice([*words, "x", ""]) for _ in range(rng.randint(1, 4))]
+            method = rng.choice(["GET", "POST"])
+            first = router._first_path(segments, method)
+            if first is not None:
+                shortcuts += 1
+                assert first is router._walk(router._root, segments, 0, method)
+    assert shortcuts > 300  # the shortcut was taken often enough to be tested
