@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import HttpVersion10, HttpVersion11, web
-from multidict import CIMultiDict
 from yarl import URL
 
 from ..context import RequestContext
@@ -165,32 +164,59 @@ class ProxyHandler:
 
         pool = self._pool
         target = pool.pick()
+        host_mode = self._host_mode
         started = ctx.deadline.clock.monotonic()
         first_attempt = True
+        # The call is made here rather than in a method of its own: a frame and a
+        # coroutine less on every request.
         while True:
+            if host_mode == "target":
+                # Set here, the request need not work it out from the URL.
+                headers["Host"] = target.host
+            elif host_mode == "client":
+                headers["Host"] = request.headers.get("Host", target.host)
+            else:
+                headers["Host"] = host_mode
             try:
-                upstream = await self._send(ctx, target, headers, path_and_query, body, timeout)
+                upstream = await pool.send(
+                    request.method,
+                    URL(target.origin + path_and_query, encoded=True),
+                    headers,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=timeout,
+                )
                 break
-            except ConnectFailed:
-                retry = pool.next_after(target) if first_attempt else None
-                if retry is None:
-                    self._record(ctx, started, "error")
-                    raise
-                target, first_attempt = retry, False
-            except UpstreamTimeout:
-                self._record(ctx, started, "timeout")
-                raise
-            except GatewayError:
-                self._record(ctx, started, "error")
-                if isinstance(body, _CappedBody) and body.exceeded:
-                    raise PayloadTooLarge(
-                        f"the request body is over {settings.max_body_size} bytes"
-                    ) from None
-                raise
+            except CLIENT_ERRORS as exc:
+                pool.report_failure(target)
+                error = client_error(exc, pool.name)
+                if first_attempt and isinstance(error, ConnectFailed):
+                    # The request never left: another healthy target may take it.
+                    retry = pool.next_after(target)
+                    if retry is not None:
+                        target, first_attempt = retry, False
+                        continue
+                failure = self._failed(ctx, started, error, body)
+                if failure is not error:
+                    raise failure from None
+                raise error from exc
         try:
             return await self._respond(ctx, upstream, target, started, version)
         finally:
             upstream.release()
+
+    def _failed(
+        self, ctx: RequestContext, started: float, error: GatewayError, body: object
+    ) -> GatewayError:
+        """Record a call that failed; the error to answer with."""
+        if isinstance(error, UpstreamTimeout):
+            self._record(ctx, started, "timeout")
+            return error
+        self._record(ctx, started, "error")
+        if not isinstance(error, ConnectFailed) and isinstance(body, _CappedBody) and body.exceeded:
+            # aiohttp wrapped the body's own refusal: the client sent too much.
+            return PayloadTooLarge(f"the request body is over {self._settings.max_body_size} bytes")
+        return error
 
     async def current_etag(self, ctx: RequestContext) -> str | None:
         """The ETag of what the upstream holds now at this request's target (a GET),
@@ -236,39 +262,6 @@ class ProxyHandler:
                     )
                 return strong_etag(body)
         except CLIENT_ERRORS as exc:
-            raise client_error(exc, pool.name) from exc
-
-    async def _send(
-        self,
-        ctx: RequestContext,
-        target: Target,
-        headers: CIMultiDict[str],
-        path_and_query: str,
-        body: object,
-        client_timeout: aiohttp.ClientTimeout,
-    ) -> aiohttp.ClientResponse:
-        request = ctx.request
-        host_mode = self._host_mode
-        if host_mode == "target":
-            # Set here, the request need not work it out from the URL.
-            headers["Host"] = target.host
-        elif host_mode == "client":
-            headers["Host"] = request.headers.get("Host", target.host)
-        else:
-            headers["Host"] = host_mode
-        url = URL(target.origin + path_and_query, encoded=True)
-        pool = self._pool
-        try:
-            return await pool.send(
-                request.method,
-                url,
-                headers,
-                data=body,
-                allow_redirects=False,
-                timeout=client_timeout,
-            )
-        except CLIENT_ERRORS as exc:
-            pool.report_failure(target)
             raise client_error(exc, pool.name) from exc
 
     async def _respond(
