@@ -24,6 +24,7 @@ import asyncio
 import atexit
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -135,6 +136,16 @@ class RedisServer:
 
     async def astart(self) -> None:
         await asyncio.to_thread(self.start)
+
+    def freeze(self) -> None:
+        """Stop the process (SIGSTOP): connections stay open and the kernel still
+        accepts what clients write, but nothing is read or answered until ``thaw``."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def flush(self) -> None:
         reply = self.command("FLUSHALL")

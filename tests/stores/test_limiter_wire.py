@@ -238,6 +238,30 @@ async def test_a_stall_past_the_slice_fails_in_time_and_leaves_that_connection(
         await store.close()
 
 
+async def test_a_decision_timed_out_in_a_frozen_redis_counts_when_it_wakes(
+    private_redis_server: RedisServer,
+) -> None:
+    """Redis stops dead (SIGSTOP) with a decision written to it: the decision fails in
+    time and the connection is dropped, but the command is in Redis's socket already
+    and runs when Redis wakes (docs/rate-limiting.md says so). The store connects
+    again and each later decision reads its own answer."""
+    store = RedisLimiterStore.from_url(private_redis_server.url, timeout=0.3)
+    try:
+        await store.warm_up(2.0)
+        assert await remaining(store, "frozen", 5) == 4
+        private_redis_server.freeze()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="did not answer in time"):
+                await remaining(store, "frozen", 5)
+            assert time.monotonic() - started < 0.5
+        finally:
+            private_redis_server.thaw()
+        assert [await remaining(store, "frozen", 5) for _ in range(2)] == [2, 1]
+    finally:
+        await store.close()
+
+
 def test_the_url_is_read_once_and_its_password_never_shown() -> None:
     target = RedisTarget("redis://user:pw-1@redis.internal:6380/4")
     assert (target.host, target.port, target.path, target.ssl) == (

@@ -154,8 +154,11 @@ class _Connection(asyncio.Protocol):
         self._wire.lost(self, exc)
 
     def drop(self) -> None:
-        # Abort, not close: close waits to flush the write buffer, and against a
-        # stopped Redis its stale commands would wait for it, then run.
+        # Abort, not close: close would flush our write buffer first, so commands the
+        # kernel had not taken yet would wait for a stalled Redis and run when it
+        # wakes. What the kernel has taken is in Redis's socket already and may still
+        # run (a reset does not take it back: Redis reads queued data before the
+        # error), which is why the docs say a timed-out decision may still count.
         self.transport.abort()
         self._wire.lost(self, None)
 
