@@ -32,8 +32,8 @@ class Template:
     # same requests, so the config refuses a second route on the same shape and method.
     shape: str
     # Where each parameter of ``segments`` sits, and its name: what ``_bind`` reads.
-    positions: tuple[int, ...] = ()
-    names: tuple[str, ...] = ()
+    positions: tuple[int, ...]
+    names: tuple[str, ...]
 
     @property
     def is_static(self) -> bool:

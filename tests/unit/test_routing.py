@@ -35,6 +35,7 @@ def test_template_records_params_in_order_and_where_they_sit() -> None:
     assert template.params == ("org", "id")
     assert template.segments == ("v1", "{org}", "users", "{id}")
     assert template.params_at == (None, "org", None, "id")
+    assert (template.positions, template.names) == ((1, 3), ("org", "id"))
     assert template.shape == "/v1/{}/users/{}"
 
 
@@ -43,6 +44,7 @@ def test_tail_template_records_the_tail_apart_from_the_segments() -> None:
     assert template.tail == "rest"
     assert template.params == ("rest",)
     assert template.segments == ("files",)
+    assert (template.positions, template.names) == ((), ())
     assert template.shape == "/files/{*}"
 
 
