@@ -31,9 +31,9 @@ class Template:
     # The template with parameter names erased: two templates of one shape match the
     # same requests, so the config refuses a second route on the same shape and method.
     shape: str
-    # Where each parameter of ``segments`` sits, and its name: what ``_bind`` reads.
+    # Where each parameter of ``segments`` sits, in the order of ``params``: what
+    # ``_bind`` reads.
     positions: tuple[int, ...]
-    names: tuple[str, ...]
 
     @property
     def is_static(self) -> bool:
@@ -86,7 +86,6 @@ def compile_template(path: str) -> Template:
         params=tuple(params),
         shape="/" + "/".join(shape),
         positions=tuple(i for i, name in enumerate(params_at) if name is not None),
-        names=tuple(name for name in params_at if name is not None),
     )
 
 
@@ -236,8 +235,9 @@ class Router(Generic[T]):
 
 
 def _bind(template: Template, segments: list[str]) -> dict[str, str]:
-    # zip and map in C: a comprehension is a frame of its own on every request.
-    params = dict(zip(template.names, map(segments.__getitem__, template.positions), strict=True))
+    # zip and map in C: a comprehension is a frame of its own on every request. A tail
+    # comes last in ``params`` and has no position: zip stops before it.
+    params = dict(zip(template.params, map(segments.__getitem__, template.positions), strict=False))
     if template.tail is not None:
         params[template.tail] = "/".join(segments[len(template.params_at) :])
     return params

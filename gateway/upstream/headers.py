@@ -72,7 +72,6 @@ def upstream_request_headers(
     client_ip: str,
     scheme: str,
     via: str,
-    http_version: str,
 ) -> CIMultiDict[str]:
     """The client's headers less what must not cross, plus the forwarding headers."""
     out = _copy_except(incoming, drop)
@@ -94,18 +93,13 @@ def upstream_request_headers(
             _append(out, incoming, "Forwarded", element)
         else:
             out["Forwarded"] = element
-    # Via is on every request: extended here rather than through _append's frame.
-    before = incoming.get("Via")
-    out["Via"] = f"{before}, {http_version} {via}" if before else f"{http_version} {via}"
+    _append(out, incoming, "Via", via)
     return out
 
 
-def downstream_response_headers(
-    upstream: CIMultiDictProxy[str], via: str, http_version: str
-) -> CIMultiDict[str]:
+def downstream_response_headers(upstream: CIMultiDictProxy[str], via: str) -> CIMultiDict[str]:
     out = _copy_except(upstream, _DROP_DOWN)
-    before = upstream.get("Via")
-    out["Via"] = f"{before}, {http_version} {via}" if before else f"{http_version} {via}"
+    _append(out, upstream, "Via", via)
     return out
 
 

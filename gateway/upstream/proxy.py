@@ -33,7 +33,6 @@ from .pool import CLIENT_ERRORS, ConnectFailed, Target, UpstreamPool, client_err
 from .urls import UrlTemplate
 
 _NO_BODY_STATUSES = frozenset({204, 304})
-_VERSIONS = {HttpVersion11: "1.1", HttpVersion10: "1.0"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -47,6 +46,7 @@ class ProxySettings:
         "max_body_size",
         "trust_forwarded",
         "via",
+        "via_elements",
         "x_forwarded",
     )
 
@@ -62,6 +62,8 @@ class ProxySettings:
     ) -> None:
         self.drop = request_drop_set(identity_headers, trust_forwarded)
         self.via = via
+        #: Our ``Via`` element by request version, made here rather than per request.
+        self.via_elements = {HttpVersion11: f"1.1 {via}", HttpVersion10: f"1.0 {via}"}
         self.trust_forwarded = trust_forwarded
         self.x_forwarded = forwarded_headers in ("x-forwarded", "both")
         self.forwarded = forwarded_headers in ("forwarded", "both")
@@ -114,7 +116,9 @@ class ProxyHandler:
         elif request.body_exists:
             body = _CappedBody(request.content, settings.max_body_size)
 
-        version = _VERSIONS.get(request.version) or "{}.{}".format(*request.version)
+        via = settings.via_elements.get(request.version) or "{}.{} {}".format(
+            *request.version, settings.via
+        )
         headers = upstream_request_headers(
             request.headers,
             drop=settings.drop,
@@ -123,8 +127,7 @@ class ProxyHandler:
             forwarded=settings.forwarded,
             client_ip=request.remote or "unknown",
             scheme=request.scheme,
-            via=settings.via,
-            http_version=version,
+            via=via,
         )
         headers["X-Request-Id"] = ctx.request_id
         for name in ctx.hidden_headers:
@@ -201,7 +204,7 @@ class ProxyHandler:
                     raise failure from None
                 raise error from exc
         try:
-            return await self._respond(ctx, upstream, target, started, version)
+            return await self._respond(ctx, upstream, target, started, via)
         finally:
             upstream.release()
 
@@ -270,11 +273,11 @@ class ProxyHandler:
         upstream: aiohttp.ClientResponse,
         target: Target,
         started: float,
-        version: str,
+        via: str,
     ) -> web.StreamResponse:
         request = ctx.request
         settings = self._settings
-        headers = downstream_response_headers(upstream.headers, settings.via, version)
+        headers = downstream_response_headers(upstream.headers, via)
         status = upstream.status
         length = upstream.content_length
         no_body = request.method == "HEAD" or status in _NO_BODY_STATUSES

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.conftest import raw_request, read_request_head
+from tests.conftest import free_port, raw_request, read_request_head
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -239,6 +239,17 @@ async def test_head_keeps_the_length_and_sends_no_body(aiohttp_server, start_gat
     assert response.body == b""
 
 
+async def test_via_names_the_protocol_version_the_client_spoke(
+    aiohttp_server, start_gateway
+) -> None:
+    upstream = await aiohttp_server(echo_app())
+    gw = await start_gateway(routes_for(str(upstream.make_url(""))))
+    response = await raw_request(gw.port, b"GET /v1/echo/1 HTTP/1.0\r\nHost: x\r\n\r\n")
+    assert response.status == 200
+    assert response.headers["via"] == "1.0 gateway"
+    assert header_values(orjson.loads(response.body), "Via") == ["1.0 gateway"]
+
+
 async def test_not_modified_and_no_content_pass_through(start_gateway, raw_upstream, http) -> None:
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await read_request_head(reader)
@@ -277,8 +288,6 @@ async def test_expect_continue_is_answered(aiohttp_server, start_gateway) -> Non
 
 
 async def test_connect_failure_is_502(start_gateway, http) -> None:
-    from tests.conftest import free_port
-
     gw = await start_gateway(routes_for(f"http://127.0.0.1:{free_port()}"))
     async with http.get(f"{gw.url}/v1/echo/1") as response:
         assert response.status == 502
@@ -343,8 +352,6 @@ async def test_reset_mid_stream_truncates_the_client_response(
 
 
 async def test_round_robin_and_passive_health(aiohttp_server, start_gateway, http) -> None:
-    from tests.conftest import free_port
-
     def named(name: str) -> web.Application:
         async def handler(request: web.Request) -> web.Response:
             return web.Response(text=name)
@@ -384,8 +391,6 @@ async def test_a_retried_request_carries_the_new_targets_host(
 ) -> None:
     """The headers made for the first target are sent again to the second: its own
     ``Host`` replaces the first one's, and nothing else the first attempt set is doubled."""
-    from tests.conftest import free_port
-
     upstream = await aiohttp_server(echo_app())
     origin = str(upstream.make_url("")).rstrip("/")
     dead = f"http://127.0.0.1:{free_port()}"

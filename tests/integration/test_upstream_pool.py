@@ -5,7 +5,6 @@ from __future__ import annotations
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -13,15 +12,7 @@ from gateway.config.model import HealthSpec, PoolSpec
 from gateway.context import SystemClock
 from gateway.upstream.pool import PoolKey, UpstreamPool
 from tests.conftest import free_port
-
-
-def _echo_app() -> web.Application:
-    async def echo(request: web.Request) -> web.Response:
-        return web.json_response({"headers": [[k, v] for k, v in request.headers.items()]})
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    return app
+from tests.integration.auth_helpers import echo_app
 
 
 def _pool(origin: str) -> UpstreamPool:
@@ -37,7 +28,7 @@ async def _headers_seen(response: aiohttp.ClientResponse) -> list[list[str]]:
 
 
 async def test_send_sends_exactly_the_headers_handed_to_it(aiohttp_server) -> None:
-    server = await aiohttp_server(_echo_app())
+    server = await aiohttp_server(echo_app())
     origin = str(server.make_url("")).rstrip("/")
     pool = _pool(origin)
     try:
@@ -57,7 +48,7 @@ async def test_send_sends_exactly_the_headers_handed_to_it(aiohttp_server) -> No
 
 
 async def test_headers_of_a_failed_send_do_not_reach_the_next_request(aiohttp_server) -> None:
-    server = await aiohttp_server(_echo_app())
+    server = await aiohttp_server(echo_app())
     origin = str(server.make_url("")).rstrip("/")
     dead = f"http://127.0.0.1:{free_port()}"
     pool = _pool(origin)

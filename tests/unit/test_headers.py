@@ -29,8 +29,7 @@ def up(
         forwarded=style[1],
         client_ip=client_ip,
         scheme="https",
-        via="gw",
-        http_version="1.1",
+        via="1.1 gw",
     )
 
 
@@ -66,8 +65,7 @@ def test_headers_named_by_connection_are_dropped_both_ways() -> None:
     assert headers["X-Keep"] == "2"
     down = downstream_response_headers(
         incoming(("Connection", "x-hop"), ("X-Hop", "1"), ("Content-Length", "3"), ("ETag", '"a"')),
-        via="gw",
-        http_version="1.1",
+        via="1.1 gw",
     )
     assert dict(down) == {"ETag": '"a"', "Via": "1.1 gw"}
 
